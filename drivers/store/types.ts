@@ -1,0 +1,38 @@
+/**
+ * The repository driver interface: a flat store of named objects. Names are relative
+ * paths made of [a-z0-9._-] segments separated by '/', e.g. "chunks/ab/ab12...",
+ * "manifests/<id>.json", "config". Everything above this (chunk format, manifests,
+ * compression, encryption) is the same for every driver.
+ */
+export interface ObjectStore {
+  /** human-readable location, without secrets (e.g. "dir:/srv/repo", "s3://bucket/prefix") */
+  readonly location: string;
+  /** atomically create or replace an object: readers see the old or the new bytes, never a part */
+  put(name: string, data: Buffer): Promise<void>;
+  /** the whole object; throws ObjectNotFoundError if absent */
+  get(name: string): Promise<Buffer>;
+  has(name: string): Promise<boolean>;
+  /** removes the object; absent is not an error */
+  delete(name: string): Promise<void>;
+  /** names (full, relative to the store) under prefix, in no particular order */
+  list(prefix: string): AsyncIterable<string>;
+  close?(): Promise<void>;
+}
+
+export class ObjectNotFoundError extends Error {
+  readonly code = 'ENOENT';
+  constructor(readonly objectName: string, where: string) {
+    super(`object ${objectName} not found in ${where}`);
+    this.name = 'ObjectNotFoundError';
+  }
+}
+
+const NAME_RE = /^[a-z0-9][a-z0-9._-]*(\/[a-z0-9][a-z0-9._-]*)*$/;
+
+/** Refuses path-like or malformed object names ("../x", "/abs", "a//b"). */
+export function checkObjectName(name: string): string {
+  if (!NAME_RE.test(name) || name.split('/').some((s) => s === '.' || s === '..')) {
+    throw new Error(`invalid object name ${JSON.stringify(name)}`);
+  }
+  return name;
+}

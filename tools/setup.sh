@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Idempotent machine set-up for blockgate: installs the Debian packages that the daemon,
+# the tests (--test) and the benchmark (--bench) need. Safe to run again; does nothing when
+# everything is present. Needs root (or sudo) only when something is missing.
+set -euo pipefail
+mode="${1:---runtime}"
+runtime=(fuse3 libfuse2 e2fsprogs util-linux)
+testing=(qemu-utils libnbd-bin python3-libnbd nbdkit nbdfuse fio gdisk xfsprogs)
+bench=(restic borgbackup)
+ceph=(ceph ceph-mon ceph-osd ceph-mgr radosgw ceph-common)
+pkgs=("${runtime[@]}")
+case "$mode" in
+  --runtime) ;;
+  --test) pkgs+=("${testing[@]}" "${ceph[@]}") ;;
+  --bench) pkgs+=("${testing[@]}" "${bench[@]}") ;;
+  --all) pkgs+=("${testing[@]}" "${bench[@]}" "${ceph[@]}") ;;
+  *) echo "usage: tools/setup.sh [--runtime|--test|--bench|--all]" >&2; exit 2 ;;
+esac
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq >/dev/null
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
