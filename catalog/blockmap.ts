@@ -1,0 +1,141 @@
+/**
+ * Block maps: for every chunk index of a volume, the digest of the chunk there (or a hole).
+ *
+ * A map is stored as pages of PAGE_ENTRIES 32-byte entries (an all-zero entry is a hole),
+ * each page named by the SHA-256 of its bytes, and a root: the list of page digests. A
+ * backup keeps only its root; pages are shared by content with every other backup, so an
+ * incremental adds only the pages in which some entry changed (metadata proportional to the
+ * change) while every backup still has a complete map: reading entry i is root[i / 512] ->
+ * page -> entry, the same cost at any chain depth.
+ */
+import { DIGEST_BYTES, sha256 } from '../drivers/chunk.js';
+
+export const PAGE_ENTRIES = 512;
+export const PAGE_BYTES = PAGE_ENTRIES * DIGEST_BYTES;
+const HOLE = Buffer.alloc(DIGEST_BYTES);
+
+export type PageLoader = (pageDigest: string) => Buffer;
+
+export const pagesFor = (chunkCount: number): number => Math.ceil(chunkCount / PAGE_ENTRIES);
+
+export function rootDigests(root: Buffer): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < root.length; i += DIGEST_BYTES) out.push(root.subarray(i, i + DIGEST_BYTES).toString('hex'));
+  return out;
+}
+
+export function rootFromDigests(digests: string[]): Buffer {
+  return Buffer.concat(digests.map((d) => Buffer.from(d, 'hex')));
+}
+
+/** Every distinct chunk digest a page names (holes left out). */
+export function pageChunkDigests(page: Buffer): string[] {
+  const out: string[] = [];
+  for (let off = 0; off < page.length; off += DIGEST_BYTES) {
+    const e = page.subarray(off, off + DIGEST_BYTES);
+    if (!e.equals(HOLE)) out.push(e.toString('hex'));
+  }
+  return out;
+}
+
+/** Reads entries of one backup's map; keeps the last page it used. */
+export class MapReader {
+  private pageNo = -1;
+  private page: Buffer = HOLE;
+
+  constructor(readonly root: Buffer, readonly chunkCount: number, private readonly load: PageLoader) {}
+
+  /** the digest at chunk index i, or null for a hole */
+  entry(i: number): string | null {
+    if (i < 0 || i >= this.chunkCount) throw new RangeError(`chunk index ${i} outside the map (0..${this.chunkCount - 1})`);
+    const p = Math.floor(i / PAGE_ENTRIES);
+    if (p !== this.pageNo) {
+      this.page = this.load(this.root.subarray(p * DIGEST_BYTES, (p + 1) * DIGEST_BYTES).toString('hex'));
+      this.pageNo = p;
+    }
+    const off = (i % PAGE_ENTRIES) * DIGEST_BYTES;
+    const e = this.page.subarray(off, off + DIGEST_BYTES);
+    return e.equals(HOLE) ? null : e.toString('hex');
+  }
+}
+
+export interface NewPage {
+  digest: string;
+  bytes: Buffer;
+}
+
+/**
+ * Builds a map, optionally as a copy of a parent's map with some entries changed. Pages that
+ * are complete are handed out with takeFinishedPages() as the build goes, so memory holds
+ * only the pages still being filled, not the whole map.
+ */
+export class MapBuilder {
+  private readonly root: Buffer;
+  private readonly open = new Map<number, Buffer>();
+
+  constructor(
+    readonly chunkCount: number,
+    private readonly parent?: { root: Buffer; chunkCount: number; load: PageLoader },
+  ) {
+    this.root = Buffer.alloc(pagesFor(chunkCount) * DIGEST_BYTES);
+    if (parent) {
+      // pages wholly inside both maps are shared as they are; the partial or new ones are rebuilt on touch
+      const whole = Math.min(Math.floor(parent.chunkCount / PAGE_ENTRIES), Math.floor(chunkCount / PAGE_ENTRIES));
+      parent.root.copy(this.root, 0, 0, whole * DIGEST_BYTES);
+      for (let p = whole; p < pagesFor(chunkCount); p++) this.page(p);
+    }
+  }
+
+  private page(p: number): Buffer {
+    let page = this.open.get(p);
+    if (!page) {
+      page = Buffer.alloc(PAGE_BYTES);
+      const parent = this.parent;
+      if (parent && p < pagesFor(parent.chunkCount)) {
+        parent.load(parent.root.subarray(p * DIGEST_BYTES, (p + 1) * DIGEST_BYTES).toString('hex')).copy(page);
+        // entries beyond either map's end are holes
+        const limit = Math.min(parent.chunkCount, this.chunkCount) - p * PAGE_ENTRIES;
+        if (limit < PAGE_ENTRIES) page.fill(0, Math.max(0, limit) * DIGEST_BYTES);
+      }
+      this.open.set(p, page);
+    }
+    return page;
+  }
+
+  set(i: number, digest: string | null): void {
+    if (i < 0 || i >= this.chunkCount) throw new RangeError(`chunk index ${i} outside the map`);
+    const p = Math.floor(i / PAGE_ENTRIES);
+    const page = this.page(p);
+    const off = (i % PAGE_ENTRIES) * DIGEST_BYTES;
+    if (digest === null) HOLE.copy(page, off);
+    else page.write(digest, off, DIGEST_BYTES, 'hex');
+  }
+
+  /** Pages below page number `below` are final: hash them and hand them out. */
+  takeFinishedPages(below = Infinity): NewPage[] {
+    const out: NewPage[] = [];
+    for (const [p, page] of [...this.open].sort((a, b) => a[0] - b[0])) {
+      if (p >= below) continue;
+      const digest = sha256(page).toString('hex');
+      this.root.write(digest, p * DIGEST_BYTES, DIGEST_BYTES, 'hex');
+      this.open.delete(p);
+      out.push({ digest, bytes: page });
+    }
+    return out;
+  }
+
+  /** The root, once every page has been taken. */
+  finish(): Buffer {
+    if (this.open.size) throw new Error('map pages not yet taken');
+    if (!this.parent) {
+      // a map built from nothing: pages never touched are all holes
+      for (let p = 0; p < pagesFor(this.chunkCount); p++) {
+        const d = this.root.subarray(p * DIGEST_BYTES, (p + 1) * DIGEST_BYTES);
+        if (d.equals(HOLE)) throw new Error(`map page ${p} was never written`);
+      }
+    }
+    return this.root;
+  }
+}
+
+export const HOLE_PAGE = Buffer.alloc(PAGE_BYTES);

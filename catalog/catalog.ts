@@ -1,0 +1,316 @@
+/**
+ * The LMDB catalog: volumes, backups, block-map roots and pages, the chunk index, and the
+ * locks that keep garbage collection and writers apart. One LMDB environment, several
+ * named databases; every state change that must be atomic is one write transaction.
+ */
+import os from 'node:os';
+import { randomUUID } from 'node:crypto';
+import { open, type Database, type RootDatabase } from 'lmdb';
+import { MapReader, type PageLoader } from './blockmap.js';
+import { type BackupRecord, type BackupStatus, type BackupView, type Owner, type VolumeRecord, isLive, now } from './records.js';
+
+export interface ChunkInfo {
+  /** stored bytes (object size) */
+  s: number;
+  /** codec id used */
+  c: number;
+  /** plaintext length */
+  n: number;
+}
+
+export class NotFoundError extends Error {
+  constructor(what: string, ref: string) {
+    super(`${what} "${ref}" not found`);
+    this.name = 'NotFoundError';
+  }
+}
+
+export class ConflictError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConflictError';
+  }
+}
+
+const HOST = os.hostname();
+export function ownerHere(): Owner {
+  return { pid: process.pid, host: HOST, since: now() };
+}
+/** true if the owning process still runs (owners on other hosts are taken as alive) */
+export function ownerAlive(o: Owner | null | undefined): boolean {
+  if (!o) return false;
+  if (o.host !== HOST) return true;
+  if (o.pid === process.pid) return true;
+  try {
+    process.kill(o.pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export class Catalog {
+  readonly env: RootDatabase;
+  readonly volumes: Database<VolumeRecord, string>;
+  readonly volumeNames: Database<string, string>;
+  readonly backups: Database<BackupRecord, string>;
+  readonly maps: Database<Buffer, string>;
+  readonly pages: Database<Buffer, string>;
+  readonly chunks: Database<ChunkInfo, string>;
+  readonly locks: Database<Owner, string>;
+  readonly meta: Database<unknown, string>;
+
+  constructor(readonly path: string) {
+    this.env = open({ path, mapSize: 64 * 1024 ** 3 });
+    this.volumes = this.env.openDB({ name: 'volumes' });
+    this.volumeNames = this.env.openDB({ name: 'volume-names' });
+    this.backups = this.env.openDB({ name: 'backups' });
+    this.maps = this.env.openDB({ name: 'maps', encoding: 'binary' });
+    this.pages = this.env.openDB({ name: 'pages', encoding: 'binary' });
+    this.chunks = this.env.openDB({ name: 'chunks' });
+    this.locks = this.env.openDB({ name: 'locks' });
+    this.meta = this.env.openDB({ name: 'meta' });
+  }
+
+  async close(): Promise<void> {
+    await this.env.close();
+  }
+
+  /** Ties the catalog to one repository; a catalog never mixes two. */
+  bindRepository(repoId: string, location: string): void {
+    const bound = this.meta.get('repository') as { id: string; location: string } | undefined;
+    if (bound && bound.id !== repoId) {
+      throw new ConflictError(`this catalog belongs to repository ${bound.id} (${bound.location}), not ${repoId} (${location})`);
+    }
+    if (!bound) this.meta.putSync('repository', { id: repoId, location });
+  }
+
+  // ---- volumes
+
+  volume(ref: string): VolumeRecord {
+    const v = this.volumes.get(ref) ?? this.volumes.get(this.volumeNames.get(ref) ?? '');
+    if (!v) throw new NotFoundError('volume', ref);
+    return v;
+  }
+
+  listVolumes(): VolumeRecord[] {
+    return [...this.volumes.getRange({})].map((e) => e.value).sort((a, b) => a.created_at.localeCompare(b.created_at));
+  }
+
+  addVolume(v: Omit<VolumeRecord, 'id' | 'created_at' | 'updated_at'>): VolumeRecord {
+    const rec: VolumeRecord = { ...v, id: randomUUID(), created_at: now(), updated_at: now() };
+    this.env.transactionSync(() => {
+      if (this.volumeNames.get(v.name) !== undefined) throw new ConflictError(`a volume named "${v.name}" already exists`);
+      this.volumes.putSync(rec.id, rec);
+      this.volumeNames.putSync(rec.name, rec.id);
+    });
+    return rec;
+  }
+
+  updateVolume(id: string, change: (v: VolumeRecord) => Partial<VolumeRecord> | void): VolumeRecord {
+    let out!: VolumeRecord;
+    this.env.transactionSync(() => {
+      const v = this.volumes.get(id);
+      if (!v) throw new NotFoundError('volume', id);
+      out = { ...v, ...(change(v) ?? {}), updated_at: now() };
+      this.volumes.putSync(id, out);
+    });
+    return out;
+  }
+
+  removeVolume(id: string): void {
+    this.env.transactionSync(() => {
+      const v = this.volumes.get(id);
+      if (!v) throw new NotFoundError('volume', id);
+      this.volumes.removeSync(id);
+      this.volumeNames.removeSync(v.name);
+    });
+  }
+
+  // ---- backups
+
+  backupRecord(ref: string): BackupRecord {
+    const b = this.backups.get(ref);
+    if (b) return b;
+    const byName = this.listBackups().filter((x) => x.name === ref && x.status !== 'deleted');
+    if (byName.length === 1) return byName[0]!;
+    if (byName.length > 1) throw new ConflictError(`${byName.length} backups are named "${ref}": use the backup id`);
+    throw new NotFoundError('backup', ref);
+  }
+
+  view(b: BackupRecord): BackupView {
+    const { owner: _owner, ...rest } = b;
+    const dependents = this.listBackups().some((x) => x.parent_id === b.id && x.status !== 'deleted');
+    return { ...rest, has_dependent_backups: dependents };
+  }
+
+  listBackups(volumeId?: string): BackupRecord[] {
+    const all = [...this.backups.getRange({})].map((e) => e.value);
+    return all.filter((b) => !volumeId || b.volume_id === volumeId).sort((a, b) => a.created_at.localeCompare(b.created_at) || a.id.localeCompare(b.id));
+  }
+
+  /** The newest available backup of a volume (the parent of an incremental, as in Cinder). */
+  latestAvailable(volumeId: string): BackupRecord | undefined {
+    return this.listBackups(volumeId).filter((b) => b.status === 'available').at(-1);
+  }
+
+  putBackup(b: BackupRecord): void {
+    this.backups.putSync(b.id, b);
+  }
+
+  /**
+   * Moves a backup from one of `from` states to `to` in one transaction; anything else is a
+   * ConflictError that says which state it is in.
+   */
+  transition(id: string, from: BackupStatus[], to: BackupStatus, change: Partial<BackupRecord> = {}): BackupRecord {
+    let out!: BackupRecord;
+    this.env.transactionSync(() => {
+      const b = this.backups.get(id);
+      if (!b) throw new NotFoundError('backup', id);
+      if (!from.includes(b.status)) throw new ConflictError(`backup ${b.id} is ${b.status}; it must be ${from.join(' or ')}`);
+      out = { ...b, ...change, status: to, updated_at: now() };
+      this.backups.putSync(id, out);
+    });
+    return out;
+  }
+
+  /** Commits a finished backup: its map root and record, in one transaction. */
+  commitBackup(b: BackupRecord, root: Buffer): BackupRecord {
+    let out!: BackupRecord;
+    this.env.transactionSync(() => {
+      const cur = this.backups.get(b.id);
+      if (!cur || cur.status !== 'creating') throw new ConflictError(`backup ${b.id} is ${cur?.status ?? 'gone'}; it was cancelled`);
+      out = { ...b, status: 'available', owner: null, updated_at: now() };
+      this.maps.putSync(b.id, root);
+      this.backups.putSync(b.id, out);
+    });
+    return out;
+  }
+
+  mapRoot(backupId: string): Buffer {
+    const root = this.maps.get(backupId);
+    if (!root) throw new NotFoundError('block map of backup', backupId);
+    return root;
+  }
+
+  readonly loadPage: PageLoader = (digest) => {
+    const p = this.pages.get(digest);
+    if (!p) throw new Error(`block-map page ${digest} missing from the catalog`);
+    return p;
+  };
+
+  mapReader(b: BackupRecord): MapReader {
+    return new MapReader(this.mapRoot(b.id), Math.ceil(b.size_bytes / b.chunk_size), this.loadPage);
+  }
+
+  // ---- chunk index and pages
+
+  chunk(digest: string): ChunkInfo | undefined {
+    return this.chunks.get(digest);
+  }
+
+  // ---- locks: GC runs alone; writers (backups) register so GC can wait for them
+
+  /** Registers a writer; refuses while a garbage collection runs. */
+  registerWriter(key: string): void {
+    this.env.transactionSync(() => {
+      const gc = this.locks.get('gc');
+      if (gc && ownerAlive(gc)) throw new ConflictError(`garbage collection is running (pid ${gc.pid}); try again when it ends`);
+      this.locks.putSync(`w:${key}`, ownerHere());
+    });
+  }
+
+  unregisterWriter(key: string): void {
+    this.locks.removeSync(`w:${key}`);
+  }
+
+  /** Takes the GC lock; refuses while another GC or any live writer runs. */
+  acquireGc(): void {
+    this.env.transactionSync(() => {
+      const gc = this.locks.get('gc');
+      if (gc && ownerAlive(gc)) throw new ConflictError(`garbage collection already running (pid ${gc.pid})`);
+      for (const { key, value } of this.locks.getRange({ start: 'w:', end: 'w;' })) {
+        if (ownerAlive(value)) throw new ConflictError(`a backup is being written (${String(key).slice(2)}, pid ${value.pid}); run gc when it ends`);
+      }
+      this.locks.putSync('gc', ownerHere());
+    });
+  }
+
+  releaseGc(): void {
+    this.locks.removeSync('gc');
+  }
+
+  /**
+   * Finds operations whose process died (killed, crashed) and settles them: a backup left
+   * `creating` becomes `error` (its partial data is reclaimed by GC), a restore left running
+   * returns the backup to `available` and marks the target volume unusable.
+   */
+  recoverInterrupted(): BackupRecord[] {
+    const settled: BackupRecord[] = [];
+    this.env.transactionSync(() => {
+      for (const { key, value } of this.locks.getRange({})) {
+        if (!ownerAlive(value)) this.locks.removeSync(key);
+      }
+      for (const { value: b } of this.backups.getRange({})) {
+        if (!b.owner || ownerAlive(b.owner)) continue;
+        const why = `interrupted: the process running it (pid ${b.owner.pid}) ended before it finished`;
+        let next: BackupRecord | undefined;
+        if (b.status === 'creating') next = { ...b, status: 'error', fail_reason: why, owner: null };
+        else if (b.status === 'restoring') next = { ...b, status: 'available', owner: null };
+        else if (b.status === 'deleting') next = { ...b, status: 'error_deleting', fail_reason: why, owner: null };
+        if (next) {
+          next.updated_at = now();
+          this.backups.putSync(b.id, next);
+          settled.push(next);
+        }
+      }
+      for (const { value: v } of this.volumes.getRange({})) {
+        if (v.status === 'restoring-backup' && !this.anyRestoringInto(v.id)) {
+          this.volumes.putSync(v.id, { ...v, status: 'error_restoring', status_reason: 'the restore into it was interrupted', updated_at: now() });
+        }
+      }
+    });
+    return settled;
+  }
+
+  private anyRestoringInto(volumeId: string): boolean {
+    const o = this.locks.get(`r:${volumeId}`);
+    return !!o && ownerAlive(o);
+  }
+
+  /** Marks a volume as the target of a running restore; one at a time per volume. */
+  claimRestoreTarget(volumeId: string): void {
+    this.env.transactionSync(() => {
+      const o = this.locks.get(`r:${volumeId}`);
+      if (o && ownerAlive(o)) throw new ConflictError(`a restore into volume ${volumeId} is already running (pid ${o.pid})`);
+      this.locks.putSync(`r:${volumeId}`, ownerHere());
+    });
+  }
+
+  releaseRestoreTarget(volumeId: string): void {
+    this.locks.removeSync(`r:${volumeId}`);
+  }
+
+  /** Readers (NBD exports, mounts) that hold a backup open; a deleted backup must have none. */
+  addReaderLease(backupId: string, who: string): string {
+    const key = `a:${backupId}:${process.pid}:${who}`;
+    this.locks.putSync(key, ownerHere());
+    return key;
+  }
+
+  removeReaderLease(key: string): void {
+    this.locks.removeSync(key);
+  }
+
+  readerLeases(backupId: string): string[] {
+    const out: string[] = [];
+    for (const { key, value } of this.locks.getRange({ start: `a:${backupId}:`, end: `a:${backupId};` })) {
+      if (ownerAlive(value)) out.push(String(key).split(':').slice(3).join(':') + ` (pid ${value.pid})`);
+    }
+    return out;
+  }
+
+  liveBackups(): BackupRecord[] {
+    return this.listBackups().filter((b) => isLive(b.status));
+  }
+}

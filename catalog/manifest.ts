@@ -1,0 +1,46 @@
+/**
+ * Backup manifests: what the repository keeps of each backup so a catalog can be rebuilt
+ * from the repository alone, or a record imported elsewhere. A manifest is JSON: the backup
+ * record (without its process owner), the volume it came from, and the map root as a list
+ * of page digests; the pages themselves are objects in the repository.
+ */
+import { rootDigests, rootFromDigests } from './blockmap.js';
+import type { BackupRecord, VolumeRecord } from './records.js';
+
+export const MANIFEST_KIND = 'blockgate-backup-manifest';
+export const MANIFEST_FORMAT = 1;
+
+export interface Manifest {
+  kind: typeof MANIFEST_KIND;
+  format: number;
+  repository_id: string;
+  backup: Omit<BackupRecord, 'owner'>;
+  volume: Pick<VolumeRecord, 'id' | 'name' | 'driver' | 'size'>;
+  map: { chunk_count: number; pages: string[] };
+}
+
+export function encodeManifest(repoId: string, b: BackupRecord, v: VolumeRecord, root: Buffer): Buffer {
+  const { owner: _owner, ...backup } = b;
+  const m: Manifest = {
+    kind: MANIFEST_KIND,
+    format: MANIFEST_FORMAT,
+    repository_id: repoId,
+    backup: { ...backup, status: 'available' },
+    volume: { id: v.id, name: v.name, driver: v.driver, size: v.size },
+    map: { chunk_count: Math.ceil(b.size_bytes / b.chunk_size), pages: rootDigests(root) },
+  };
+  return Buffer.from(JSON.stringify(m));
+}
+
+export function decodeManifest(data: Buffer, where: string): { manifest: Manifest; root: Buffer } {
+  let m: Manifest;
+  try {
+    m = JSON.parse(data.toString('utf8')) as Manifest;
+  } catch (e) {
+    throw new Error(`manifest ${where} is not valid JSON: ${(e as Error).message}`);
+  }
+  if (m?.kind !== MANIFEST_KIND || m.format !== MANIFEST_FORMAT) throw new Error(`manifest ${where} is not a blockgate manifest of format ${MANIFEST_FORMAT}`);
+  if (!Array.isArray(m.map?.pages) || !m.map.pages.every((d) => /^[0-9a-f]{64}$/.test(d))) throw new Error(`manifest ${where} has a malformed map`);
+  if (Math.ceil(m.map.chunk_count / 512) !== m.map.pages.length) throw new Error(`manifest ${where}: map has ${m.map.pages.length} pages for ${m.map.chunk_count} chunks`);
+  return { manifest: m, root: rootFromDigests(m.map.pages) };
+}

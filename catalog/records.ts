@@ -1,0 +1,80 @@
+/** The records the catalog keeps: volumes and backups, with Cinder's fields and states. */
+
+export const BACKUP_STATES = ['creating', 'available', 'deleting', 'deleted', 'error', 'error_deleting', 'restoring'] as const;
+export type BackupStatus = (typeof BACKUP_STATES)[number];
+
+export const VOLUME_STATES = ['available', 'in-use', 'creating', 'restoring-backup', 'error_restoring', 'deleting', 'error'] as const;
+export type VolumeStatus = (typeof VOLUME_STATES)[number];
+
+export interface Owner {
+  pid: number;
+  host: string;
+  since: string;
+}
+
+export interface VolumeRecord {
+  id: string;
+  name: string;
+  /** 'file' covers raw image files and block devices; 'rbd' is a Ceph RBD image */
+  driver: 'file' | 'rbd';
+  /** file path, or pool/image for rbd */
+  path: string;
+  size: number;
+  status: VolumeStatus;
+  /** blockgate created the file for this volume (so it may remove it) */
+  managed: boolean;
+  project_id: string;
+  user_id: string;
+  created_at: string;
+  updated_at: string;
+  /** why status is error/error_restoring */
+  status_reason?: string | null;
+}
+
+export interface BackupRecord {
+  id: string;
+  name: string;
+  description: string;
+  volume_id: string;
+  volume_name: string;
+  snapshot_id: string | null;
+  parent_id: string | null;
+  is_incremental: boolean;
+  status: BackupStatus;
+  fail_reason: string | null;
+  /** GiB, rounded up, as Cinder reports it */
+  size: number;
+  size_bytes: number;
+  /** chunks that hold data (holes excluded) */
+  object_count: number;
+  /** chunks this backup wrote that the repository did not have, and their stored bytes */
+  new_chunks: number;
+  new_bytes: number;
+  /** bytes of the volume that are not holes */
+  data_bytes: number;
+  container: string;
+  project_id: string;
+  user_id: string;
+  availability_zone: string;
+  created_at: string;
+  updated_at: string;
+  data_timestamp: string;
+  chunk_size: number;
+  codec: string;
+  /** the process running a long operation on it (creating, restoring, deleting) */
+  owner: Owner | null;
+  /** notes on how the backup was made (e.g. a fall-back to a full read) */
+  notes: string[];
+}
+
+/** The record as users see it, with has_dependent_backups computed from the live chain. */
+export type BackupView = Omit<BackupRecord, 'owner'> & { has_dependent_backups: boolean };
+
+export const GiB = 1024 ** 3;
+export const sizeGiB = (bytes: number): number => Math.ceil(bytes / GiB);
+export const now = (): string => new Date().toISOString();
+
+/** A backup whose data must be kept (its chunks and pages are live). */
+export function isLive(status: BackupStatus): boolean {
+  return status !== 'deleted';
+}

@@ -1,0 +1,113 @@
+/**
+ * Directory repository driver (local disk or an NFS mount). Objects are files under the
+ * root; writes are atomic (temp file in the same directory, fsync, rename, fsync of the
+ * directory), so a reader or a crash never sees half an object.
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { ObjectNotFoundError, type ObjectStore, checkObjectName } from './types.js';
+
+const TMP_SUFFIX = '.tmp-';
+
+export class DirStore implements ObjectStore {
+  readonly location: string;
+  private readonly madeDirs = new Set<string>();
+
+  constructor(readonly root: string) {
+    this.root = path.resolve(root);
+    this.location = `dir:${this.root}`;
+  }
+
+  private file(name: string): string {
+    return path.join(this.root, checkObjectName(name));
+  }
+
+  async put(name: string, data: Buffer): Promise<void> {
+    const file = this.file(name);
+    const dir = path.dirname(file);
+    if (!this.madeDirs.has(dir)) {
+      await fs.mkdir(dir, { recursive: true });
+      this.madeDirs.add(dir);
+    }
+    const tmp = `${file}${TMP_SUFFIX}${randomBytes(6).toString('hex')}`;
+    const fh = await fs.open(tmp, 'wx');
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } catch (e) {
+      await fh.close();
+      await fs.rm(tmp, { force: true });
+      throw storeError(e, this.location, name);
+    }
+    await fh.close();
+    try {
+      await fs.rename(tmp, file);
+    } catch (e) {
+      await fs.rm(tmp, { force: true });
+      throw storeError(e, this.location, name);
+    }
+    await syncDir(dir);
+  }
+
+  async get(name: string): Promise<Buffer> {
+    try {
+      return await fs.readFile(this.file(name));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new ObjectNotFoundError(name, this.location);
+      throw storeError(e, this.location, name);
+    }
+  }
+
+  async has(name: string): Promise<boolean> {
+    try {
+      await fs.access(this.file(name));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  async delete(name: string): Promise<void> {
+    await fs.rm(this.file(name), { force: true });
+  }
+
+  async *list(prefix: string): AsyncIterable<string> {
+    const base = prefix.replace(/\/+$/, '');
+    const start = base ? path.join(this.root, base) : this.root;
+    yield* walk(this.root, start);
+  }
+}
+
+async function* walk(root: string, dir: string): AsyncIterable<string> {
+  let entries;
+  try {
+    entries = await fs.readdir(dir, { withFileTypes: true });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ENOTDIR') return;
+    throw e;
+  }
+  for (const ent of entries) {
+    const full = path.join(dir, ent.name);
+    if (ent.isDirectory()) yield* walk(root, full);
+    else if (ent.isFile() && !ent.name.includes(TMP_SUFFIX)) yield path.relative(root, full).split(path.sep).join('/');
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, 'r');
+  try {
+    await fh.sync();
+  } catch {
+    /* some filesystems (NFS) refuse fsync on a directory; the rename is still atomic */
+  } finally {
+    await fh.close();
+  }
+}
+
+function storeError(e: unknown, where: string, name: string): Error {
+  const err = e as NodeJS.ErrnoException;
+  if (err.code === 'ENOSPC') return new Error(`repository ${where} is full (ENOSPC) while writing ${name}`);
+  if (err.code === 'EACCES' || err.code === 'EPERM') return new Error(`repository ${where}: permission denied writing ${name}`);
+  return new Error(`repository ${where}: ${err.code ?? ''} ${err.message} (${name})`);
+}

@@ -1,0 +1,48 @@
+/**
+ * Worker thread for the CPU-heavy per-chunk work: hashing, zero detection, compression,
+ * decompression and digest verification. Buffers arrive and leave as transferred
+ * ArrayBuffers, so nothing is copied between threads.
+ */
+import { parentPort } from 'node:worker_threads';
+import { decodeChunk, encodeChunk, isAllZero, sha256 } from '../chunk.js';
+import type { CodecName } from '../codec.js';
+
+export type ChunkTask =
+  | { id: number; op: 'hash'; buf: ArrayBuffer; length: number }
+  | { id: number; op: 'encode'; buf: ArrayBuffer; length: number; codec: CodecName }
+  | { id: number; op: 'decode'; object: ArrayBuffer; offset: number; length: number; digest: string };
+
+export type ChunkResult =
+  | { id: number; ok: true; buf?: ArrayBuffer; digest?: string; zero?: boolean; object?: ArrayBuffer; codec?: CodecName; plain?: ArrayBuffer }
+  | { id: number; ok: false; error: string; name: string };
+
+function own(b: Buffer): ArrayBuffer {
+  // hand back a buffer we may transfer: copy only if it shares a pooled ArrayBuffer
+  if (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer) return b.buffer;
+  const ab = new ArrayBuffer(b.length);
+  Buffer.from(ab).set(b);
+  return ab;
+}
+
+parentPort!.on('message', (t: ChunkTask) => {
+  try {
+    if (t.op === 'hash') {
+      const data = Buffer.from(t.buf, 0, t.length);
+      const zero = isAllZero(data);
+      const digest = zero ? '' : sha256(data).toString('hex');
+      parentPort!.postMessage({ id: t.id, ok: true, buf: t.buf, digest, zero } satisfies ChunkResult, [t.buf]);
+    } else if (t.op === 'encode') {
+      const enc = encodeChunk(Buffer.from(t.buf, 0, t.length), t.codec);
+      const object = own(enc.object);
+      const transfer = object === t.buf ? [t.buf] : [t.buf, object];
+      parentPort!.postMessage({ id: t.id, ok: true, buf: t.buf, object, codec: enc.codec } satisfies ChunkResult, transfer);
+    } else {
+      const plain = own(decodeChunk(Buffer.from(t.object, t.offset, t.length), t.digest));
+      const transfer = plain === t.object ? [plain] : [plain, t.object];
+      parentPort!.postMessage({ id: t.id, ok: true, plain } satisfies ChunkResult, transfer);
+    }
+  } catch (e) {
+    const err = e as Error;
+    parentPort!.postMessage({ id: t.id, ok: false, error: err.message, name: err.name } satisfies ChunkResult);
+  }
+});

@@ -1,0 +1,104 @@
+/**
+ * A small pool of worker threads for chunk hashing, compression and verification, so a
+ * backup or restore uses every core and the event loop stays free for I/O.
+ */
+import os from 'node:os';
+import { Worker } from 'node:worker_threads';
+import type { CodecName } from '../codec.js';
+import type { ChunkResult, ChunkTask } from './chunk-worker.js';
+
+type DistOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
+type Pending = { resolve: (r: ChunkResult & { ok: true }) => void; reject: (e: Error) => void };
+type Task = { msg: ChunkTask; transfer: ArrayBuffer[]; pending: Pending };
+
+export class ChunkWorkerPool {
+  private readonly workers: Worker[] = [];
+  private readonly idle: Worker[] = [];
+  private readonly queue: Task[] = [];
+  private readonly pending = new Map<number, Pending>();
+  private readonly busy = new Map<Worker, number>();
+  private nextId = 1;
+  private closed = false;
+
+  constructor(readonly size = Math.max(1, Math.min(os.availableParallelism(), 8))) {}
+
+  private spawn(): Worker {
+    const w = new Worker(new URL('./chunk-worker.js', import.meta.url));
+    w.unref();
+    w.on('message', (r: ChunkResult) => {
+      const p = this.pending.get(r.id);
+      this.pending.delete(r.id);
+      this.busy.delete(w);
+      if (p) {
+        if (r.ok) p.resolve(r);
+        else p.reject(Object.assign(new Error(r.error), { name: r.name }));
+      }
+      this.release(w);
+    });
+    w.on('error', (e: Error) => {
+      const id = this.busy.get(w);
+      if (id !== undefined) this.pending.get(id)?.reject(e);
+      this.busy.delete(w);
+      this.workers.splice(this.workers.indexOf(w), 1);
+    });
+    this.workers.push(w);
+    return w;
+  }
+
+  private release(w: Worker): void {
+    const next = this.queue.shift();
+    if (next) this.dispatch(w, next);
+    else this.idle.push(w);
+  }
+
+  private dispatch(w: Worker, t: Task): void {
+    this.pending.set(t.msg.id, t.pending);
+    this.busy.set(w, t.msg.id);
+    w.postMessage(t.msg, t.transfer);
+  }
+
+  private run(msg: DistOmit<ChunkTask, 'id'>, transfer: ArrayBuffer[]): Promise<ChunkResult & { ok: true }> {
+    if (this.closed) return Promise.reject(new Error('worker pool closed'));
+    return new Promise((resolve, reject) => {
+      const task: Task = { msg: { ...msg, id: this.nextId++ } as ChunkTask, transfer, pending: { resolve, reject } };
+      const w = this.idle.pop() ?? (this.workers.length < this.size ? this.spawn() : undefined);
+      if (w) this.dispatch(w, task);
+      else this.queue.push(task);
+    });
+  }
+
+  /** SHA-256 (hex) and zero test of buf[0..length); buf is transferred and handed back. */
+  async hash(buf: ArrayBuffer, length: number): Promise<{ buf: ArrayBuffer; digest: string; zero: boolean }> {
+    const r = await this.run({ op: 'hash', buf, length }, [buf]);
+    return { buf: r.buf!, digest: r.digest!, zero: r.zero! };
+  }
+
+  /** A chunk object for buf[0..length); buf is transferred and handed back. */
+  async encode(buf: ArrayBuffer, length: number, codec: CodecName): Promise<{ buf: ArrayBuffer; object: Buffer; codec: CodecName }> {
+    const r = await this.run({ op: 'encode', buf, length, codec }, [buf]);
+    return { buf: r.buf!, object: Buffer.from(r.object!), codec: r.codec! };
+  }
+
+  /** Decodes and verifies a chunk object; throws ChunkCorruptError on a mismatch. */
+  async decode(object: Buffer, digest: string): Promise<Buffer> {
+    // copy into a transferable buffer only when the object shares a pooled one
+    let ab: ArrayBuffer;
+    let offset = object.byteOffset;
+    if (object.buffer instanceof ArrayBuffer && object.byteOffset === 0 && object.byteLength === object.buffer.byteLength) {
+      ab = object.buffer;
+    } else {
+      ab = new ArrayBuffer(object.length);
+      Buffer.from(ab).set(object);
+      offset = 0;
+    }
+    const r = await this.run({ op: 'decode', object: ab, offset, length: object.length, digest }, [ab]);
+    return Buffer.from(r.plain!);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const t of this.queue.splice(0)) t.pending.reject(new Error('worker pool closed'));
+    await Promise.all(this.workers.map((w) => w.terminate()));
+    this.workers.length = 0;
+  }
+}

@@ -1,0 +1,85 @@
+/**
+ * The appliance context: one open catalog, repository and worker pool for a data
+ * directory, shared by the engine, the CLI and the daemon.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { Catalog } from '../catalog/catalog.js';
+import { Repository } from '../drivers/repository.js';
+import { DirStore } from '../drivers/store/dir.js';
+import type { ObjectStore } from '../drivers/store/types.js';
+import { ChunkWorkerPool } from '../drivers/workers/pool.js';
+import { FileVolume } from '../drivers/volume/file.js';
+import type { VolumeDriver } from '../drivers/volume/types.js';
+import type { VolumeRecord } from '../catalog/records.js';
+import { type ApplianceConfig, type RepoDriverConfig, loadConfig } from './config.js';
+
+export type StoreFactory = (cfg: RepoDriverConfig) => Promise<ObjectStore>;
+const storeFactories: Record<string, StoreFactory> = {
+  dir: async (cfg) => new DirStore((cfg as { path: string }).path),
+};
+/** lets a driver module (S3) register itself without the core importing it */
+export function registerStoreDriver(name: string, f: StoreFactory): void {
+  storeFactories[name] = f;
+}
+
+export async function openStore(cfg: RepoDriverConfig): Promise<ObjectStore> {
+  const f = storeFactories[cfg.driver];
+  if (!f) throw new Error(`unknown repository driver "${cfg.driver}"`);
+  return f(cfg);
+}
+
+export type VolumeDriverFactory = (v: VolumeRecord) => VolumeDriver;
+const volumeFactories: Record<string, VolumeDriverFactory> = {
+  file: (v) => new FileVolume(v.path),
+};
+export function registerVolumeDriver(name: string, f: VolumeDriverFactory): void {
+  volumeFactories[name] = f;
+}
+
+export class Appliance {
+  private poolInstance?: ChunkWorkerPool;
+
+  private constructor(
+    readonly config: ApplianceConfig,
+    readonly catalog: Catalog,
+    readonly repo: Repository,
+  ) {}
+
+  static async open(dataDirOrConfig?: string | ApplianceConfig): Promise<Appliance> {
+    const config = typeof dataDirOrConfig === 'object' ? dataDirOrConfig : loadConfig(dataDirOrConfig);
+    fs.mkdirSync(config.dataDir, { recursive: true });
+    const store = await openStore(config.repository);
+    const repo = await Repository.openOrCreate(store, { chunkSize: config.chunkSize, codec: config.codec });
+    const catalog = new Catalog(path.join(config.dataDir, 'catalog'));
+    try {
+      catalog.bindRepository(repo.config.id, store.location);
+      catalog.recoverInterrupted();
+    } catch (e) {
+      await catalog.close();
+      throw e;
+    }
+    return new Appliance(config, catalog, repo);
+  }
+
+  get pool(): ChunkWorkerPool {
+    this.poolInstance ??= new ChunkWorkerPool(this.config.workers);
+    return this.poolInstance;
+  }
+
+  volumeDriver(v: VolumeRecord): VolumeDriver {
+    const f = volumeFactories[v.driver];
+    if (!f) throw new Error(`volume ${v.name} uses driver "${v.driver}", which this appliance does not have`);
+    return f(v);
+  }
+
+  get volumesDir(): string {
+    return path.join(this.config.dataDir, 'volumes');
+  }
+
+  async close(): Promise<void> {
+    await this.poolInstance?.close();
+    await this.repo.store.close?.();
+    await this.catalog.close();
+  }
+}

@@ -1,0 +1,73 @@
+/**
+ * Chunk reading: one narrow interface (read a chunk by digest), a reader over the
+ * repository that verifies every chunk, and a caching reader with a byte-bounded LRU that
+ * also merges concurrent reads of the same chunk (as Proxmox Backup Server's
+ * CachedChunkReader does).
+ */
+import type { Repository } from '../../drivers/repository.js';
+import type { ChunkWorkerPool } from '../../drivers/workers/pool.js';
+
+export interface ChunkReader {
+  /** the verified plaintext of a chunk */
+  read(digest: string): Promise<Buffer>;
+}
+
+export class RepoChunkReader implements ChunkReader {
+  constructor(private readonly repo: Repository, private readonly pool: ChunkWorkerPool) {}
+  async read(digest: string): Promise<Buffer> {
+    const object = await this.repo.getChunk(digest);
+    return this.pool.decode(object, digest);
+  }
+}
+
+export class CachedChunkReader implements ChunkReader {
+  private readonly cache = new Map<string, Buffer>();
+  private readonly inflight = new Map<string, Promise<Buffer>>();
+  private bytes = 0;
+  hits = 0;
+  misses = 0;
+
+  constructor(private readonly inner: ChunkReader, readonly capacityBytes: number) {}
+
+  read(digest: string): Promise<Buffer> {
+    const hit = this.cache.get(digest);
+    if (hit) {
+      this.hits++;
+      this.cache.delete(digest);
+      this.cache.set(digest, hit);
+      return Promise.resolve(hit);
+    }
+    let p = this.inflight.get(digest);
+    if (!p) {
+      this.misses++;
+      p = this.inner.read(digest).then(
+        (data) => {
+          this.inflight.delete(digest);
+          this.insert(digest, data);
+          return data;
+        },
+        (e: unknown) => {
+          this.inflight.delete(digest);
+          throw e;
+        },
+      );
+      this.inflight.set(digest, p);
+    }
+    return p;
+  }
+
+  private insert(digest: string, data: Buffer): void {
+    if (data.length > this.capacityBytes) return;
+    this.cache.set(digest, data);
+    this.bytes += data.length;
+    for (const [k, v] of this.cache) {
+      if (this.bytes <= this.capacityBytes) break;
+      this.cache.delete(k);
+      this.bytes -= v.length;
+    }
+  }
+
+  get cachedBytes(): number {
+    return this.bytes;
+  }
+}

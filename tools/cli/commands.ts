@@ -1,0 +1,150 @@
+/** The volume, backup and repo commands of the `blockgate` CLI. */
+import { spawn } from 'node:child_process';
+import type { Command } from 'commander';
+import { Appliance } from '../../gateway/appliance.js';
+import { loadConfig } from '../../gateway/config.js';
+import { runBackup, startBackup } from '../../gateway/engine/backup.js';
+import { deleteBackup } from '../../gateway/engine/delete.js';
+import { collectGarbage } from '../../gateway/engine/gc.js';
+import { prepareRestore, runRestore } from '../../gateway/engine/restore.js';
+import { createVolume, deleteVolume, setAttached } from '../../gateway/engine/volumes.js';
+import { repoInfo } from '../../gateway/engine/repo-info.js';
+import { parseSize } from '../../gateway/size.js';
+import { type Format, UsageError, printRecord, printRows, progressBar } from './output.js';
+
+export interface Globals {
+  dataDir?: string;
+  format: Format;
+}
+
+export async function withApp<T>(g: Globals, fn: (app: Appliance) => Promise<T>): Promise<T> {
+  const app = await Appliance.open(loadConfig(g.dataDir));
+  try {
+    return await fn(app);
+  } finally {
+    await app.close();
+  }
+}
+
+function size(text: string): number {
+  try {
+    return parseSize(text);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+const VOLUME_COLS = ['id', 'name', 'status', 'size', 'driver', 'path'];
+const BACKUP_COLS = ['id', 'name', 'volume_name', 'status', 'is_incremental', 'size', 'object_count', 'created_at', 'fail_reason'];
+
+export function volumeCommands(program: Command, g: () => Globals): void {
+  const vol = program.command('volume').description('volumes: raw image files, block devices (and RBD images)');
+  vol
+    .command('create')
+    .description('register an image file or block device (--file), or create a new sparse volume (--size)')
+    .requiredOption('--name <name>', 'volume name')
+    .option('--size <size>', 'size of a new volume, e.g. 10G')
+    .option('--file <path>', 'existing raw image file or block device')
+    .action((o: { name: string; size?: string; file?: string }) =>
+      withApp(g(), async (app) => {
+        if (!o.size && !o.file) throw new UsageError('volume create needs --size or --file');
+        printRecord(g().format, await createVolume(app, { name: o.name, size: o.size ? size(o.size) : undefined, file: o.file }));
+      }),
+    );
+  vol.command('list').action(() => withApp(g(), async (app) => printRows(g().format, app.catalog.listVolumes() as never, VOLUME_COLS)));
+  vol.command('show <volume>').action((ref: string) => withApp(g(), async (app) => printRecord(g().format, app.catalog.volume(ref))));
+  vol.command('delete <volume>').action((ref: string) => withApp(g(), async (app) => printRecord(g().format, await deleteVolume(app, ref))));
+  vol.command('attach <volume>').description('mark a volume in-use (attached to an instance)').action((ref: string) => withApp(g(), async (app) => printRecord(g().format, setAttached(app, ref, true))));
+  vol.command('detach <volume>').description('mark an in-use volume available').action((ref: string) => withApp(g(), async (app) => printRecord(g().format, setAttached(app, ref, false))));
+}
+
+export function backupCommands(program: Command, g: () => Globals): void {
+  const bk = program.command('backup').description('backups: create, list, show, delete, restore');
+  bk.command('create <volume>')
+    .description('back up a volume (full, or --incremental from its newest available backup)')
+    .option('--incremental', 'only changes since the newest available backup of the volume')
+    .option('--force', 'back up an in-use volume (crash-consistent, not quiesced)')
+    .option('--name <name>')
+    .option('--description <text>')
+    .option('--snapshot-id <id>', 'record the volume snapshot this backup was taken from')
+    .option('--no-wait', 'return the backup id at once (status creating) and run it in the background')
+    .action((volume: string, o: { incremental?: boolean; force?: boolean; name?: string; description?: string; snapshotId?: string; wait: boolean }) =>
+      withApp(g(), async (app) => {
+        const rec = await startBackup(app, { volume, incremental: o.incremental, force: o.force, name: o.name, description: o.description, snapshotId: o.snapshotId });
+        if (!o.wait) {
+          // hand the recorded backup to a detached job process, which becomes its owner
+          app.catalog.putBackup({ ...rec, owner: null });
+          app.catalog.unregisterWriter(rec.id);
+          const child = spawn(process.execPath, [process.argv[1]!, ...(g().dataDir ? ['--data-dir', g().dataDir!] : []), 'job', 'backup', rec.id], { detached: true, stdio: 'ignore' });
+          child.unref();
+          printRecord(g().format, app.catalog.view(rec));
+          return;
+        }
+        const bar = progressBar(`backup ${rec.name}`);
+        try {
+          printRecord(g().format, app.catalog.view(await runBackup(app, rec, bar.update)));
+        } finally {
+          bar.stop();
+        }
+      }),
+    );
+  bk.command('list')
+    .option('--volume <volume>')
+    .option('--all', 'include deleted backups')
+    .action((o: { volume?: string; all?: boolean }) =>
+      withApp(g(), async (app) => {
+        const vid = o.volume ? app.catalog.volume(o.volume).id : undefined;
+        const rows = app.catalog.listBackups(vid).filter((b) => o.all || b.status !== 'deleted');
+        printRows(g().format, rows.map((b) => app.catalog.view(b)) as never, BACKUP_COLS);
+      }),
+    );
+  bk.command('show <backup>').action((ref: string) => withApp(g(), async (app) => printRecord(g().format, app.catalog.view(app.catalog.backupRecord(ref)))));
+  bk.command('delete <backup>')
+    .option('--force', 'cancel a backup that is still being created')
+    .action((ref: string, o: { force?: boolean }) =>
+      withApp(g(), async (app) => {
+        const rec = await deleteBackup(app, ref, { force: o.force });
+        printRecord(g().format, app.catalog.view(rec));
+      }),
+    );
+  bk.command('restore <backup> [volume]')
+    .description('restore into an existing available volume (same size or larger), or into a new volume')
+    .option('--name <name>', 'name of the new volume')
+    .action((ref: string, volume: string | undefined, o: { name?: string }) =>
+      withApp(g(), async (app) => {
+        const { backup, target } = await prepareRestore(app, { backup: ref, volume, newName: o.name });
+        const bar = progressBar(`restore ${backup.name}`);
+        try {
+          printRecord(g().format, await runRestore(app, backup, target, bar.update));
+        } finally {
+          bar.stop();
+        }
+      }),
+    );
+}
+
+export function repoCommands(program: Command, g: () => Globals): void {
+  const repo = program.command('repo').description('the chunk repository');
+  repo.command('info').action(() => withApp(g(), async (app) => printRecord(g().format, repoInfo(app))));
+  repo.command('gc')
+    .description('reclaim chunks no backup references any more')
+    .action(() => withApp(g(), async (app) => printRecord(g().format, await collectGarbage(app))));
+}
+
+/** internal: the detached process behind `backup create --no-wait` */
+export function jobCommands(program: Command, g: () => Globals): void {
+  program
+    .command('job', { hidden: true })
+    .command('backup <id>')
+    .action((id: string) =>
+      withApp(g(), async (app) => {
+        const rec = app.catalog.backupRecord(id);
+        const { ownerHere } = await import('../../catalog/catalog.js');
+        app.catalog.env.transactionSync(() => {
+          app.catalog.registerWriter(rec.id);
+          app.catalog.putBackup({ ...rec, owner: ownerHere() });
+        });
+        await runBackup(app, { ...rec, owner: ownerHere() });
+      }),
+    );
+}
