@@ -125,9 +125,10 @@ function classify(e: unknown): Classified {
   if (ACCESS_CODES.has(code) || ACCESS_CODES.has(name)) return { kind: 'access', code: ACCESS_CODES.has(code) ? code : name, status };
   if (THROTTLE_CODES.has(code) || THROTTLE_CODES.has(name) || status === 429) return { kind: 'throttle', code, status };
   if (status !== undefined && status >= 500) return { kind: 'transient', code, status };
+  // (the SDK names connection errors "TimeoutError"; their code tells what happened)
+  if (status === undefined && NETWORK_CODES.has(code)) return { kind: 'network', code };
   if (TRANSIENT_CODES.has(code) || TRANSIENT_CODES.has(name)) return { kind: 'transient', code, status };
   if (status === undefined) {
-    if (NETWORK_CODES.has(code)) return { kind: 'network', code };
     if (/socket hang up/i.test(msg)) return { kind: 'network', code: 'ECONNRESET' };
     if (/ECONN|EPIPE|ETIMEDOUT|premature close|aborted/i.test(msg)) {
       const m = /E[A-Z_]{3,}/.exec(msg);
