@@ -62,7 +62,7 @@ test(`SIGKILL at random points of backup and GC leaves no partial available back
     const name = `r${round}`;
     expected.set(name, sha(data));
     const args = ['backup', 'create', 'vol', '--name', name, ...(round % 2 ? ['--incremental'] : [])];
-    const outcome = await runAndKill(dataDir, args, 150 + Math.floor(Math.random() * 900));
+    const outcome = await runAndKill(dataDir, args, 150 + Math.floor(Math.random() * 2500));
     if (outcome === 'killed') kills++;
     const app = await Appliance.open(loadConfig(dataDir)); // settles what the killed process left
     try {
