@@ -55,6 +55,15 @@ export async function startServer(
   return { server, port, host, provider, logs, uri: (name) => `nbd://${host}:${port}/${encodeURIComponent(name)}` };
 }
 
+/** Waits until the server has no connection left (clients exited, teardown done). */
+export async function waitIdle(h: Harness, timeoutMs = 5000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (h.server.connections() > 0) {
+    if (Date.now() > until) throw new Error(`server still has ${h.server.connections()} connections`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 export async function tempDir(t: ExecutionContext, prefix = 'nbd-test-'): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), prefix));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
