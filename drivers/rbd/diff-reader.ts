@@ -77,6 +77,11 @@ export class RbdDiffReader implements AsyncIterable<RbdDiffRecord> {
     return this.r.position;
   }
 
+  /** The header once the 's' record has been read (by header() or by iterating), else null. */
+  get info(): RbdDiffHeader | null {
+    return this.headerDone;
+  }
+
   /** Reads up to and including the 's' record (if not done yet) and returns the header. */
   async header(): Promise<RbdDiffHeader> {
     if (this.headerDone) return this.headerDone;

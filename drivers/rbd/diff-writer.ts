@@ -137,7 +137,8 @@ export class RbdDiffWriter {
   /**
    * A 'w' record of `length` bytes at `offset` whose payload is streamed from `chunks`. If
    * the chunks deliver more or fewer bytes than `length`, the diff is unusable: the writer
-   * fails (RbdDiffError) and writes nothing more, and the Writable is destroyed.
+   * fails (RbdDiffError), writes nothing more and destroys the Writable (without an error
+   * event), so that a reader sees a truncated diff.
    */
   async dataStream(offset: number, length: number, chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>): Promise<void> {
     this.checkExtent(offset, length, 'data');
@@ -209,7 +210,9 @@ export class RbdDiffWriter {
   private corrupt(message: string): never {
     const err = new RbdDiffError(`writer: ${message}`, this.pos);
     this.failed = err;
-    this.out.destroy(err);
+    // close the output so its reader sees a truncated diff (rbd import-diff then fails and
+    // creates no snapshot); no 'error' event: the caller gets this error from us
+    this.out.destroy();
     throw err;
   }
 
