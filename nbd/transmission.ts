@@ -28,8 +28,8 @@ export interface TransmissionIo {
 const MAX_DISCARD = 64 * 1024 * 1024;
 /** stop accepting requests while this much reply data waits for the peer */
 const OUTPUT_HIGH_WATER = 8 * 1024 * 1024;
-/** payload bytes (read data, write data) held by in-flight requests */
-const INFLIGHT_BYTES = 64 * 1024 * 1024;
+/** payload bytes (read data, write data) held by in-flight requests; one request may exceed it alone */
+const INFLIGHT_BYTES = 32 * 1024 * 1024;
 /** zero buffer size for emulated WRITE_ZEROES */
 const ZERO_CHUNK = 1024 * 1024;
 let zeroChunk: Buffer | null = null;

@@ -17,6 +17,12 @@ export interface TestCerts {
   key: Buffer;
   cert: Buffer;
   ca: Buffer;
+  /** a client certificate signed by the CA */
+  clientCert: Buffer;
+  clientKey: Buffer;
+  /** a client certificate signed by another CA */
+  rogueCert: Buffer;
+  rogueKey: Buffer;
 }
 
 const days = ['-days', '2'];
@@ -54,6 +60,7 @@ export async function makeCerts(base: string): Promise<TestCerts> {
     'extendedKeyUsage=serverAuth',
   ]);
   await leaf(work, 'ca', 'client', 'nbd-test-client', ['keyUsage=critical,digitalSignature,keyEncipherment', 'extendedKeyUsage=clientAuth']);
+  await leaf(work, 'otherca', 'rogue', 'nbd-rogue-client', ['keyUsage=critical,digitalSignature,keyEncipherment', 'extendedKeyUsage=clientAuth']);
   for (const [src, dst] of [
     ['ca-cert.pem', join(clientDir, 'ca-cert.pem')],
     ['client-cert.pem', join(clientDir, 'client-cert.pem')],
@@ -70,5 +77,9 @@ export async function makeCerts(base: string): Promise<TestCerts> {
     key: await readFile(join(work, 'server-key.pem')),
     cert: await readFile(join(work, 'server-cert.pem')),
     ca: await readFile(join(work, 'ca-cert.pem')),
+    clientCert: await readFile(join(work, 'client-cert.pem')),
+    clientKey: await readFile(join(work, 'client-key.pem')),
+    rogueCert: await readFile(join(work, 'rogue-cert.pem')),
+    rogueKey: await readFile(join(work, 'rogue-key.pem')),
   };
 }
