@@ -56,7 +56,19 @@ export interface EncodedChunk {
   codec: CodecName;
 }
 
+/**
+ * Cheap test for data that will not compress (media, archives, encrypted data): lz4 on a
+ * 64 KiB sample from the middle. Saves running the real codec over a whole chunk in vain.
+ */
+function looksIncompressible(plain: Buffer): boolean {
+  if (plain.length < 256 * 1024) return false;
+  const mid = Math.floor(plain.length / 2);
+  const sample = plain.subarray(mid, mid + 65536);
+  return compress('lz4', sample).length > sample.length * 0.98;
+}
+
 export function encodeChunk(plain: Buffer, codec: CodecName): EncodedChunk {
+  if (codec !== 'none' && looksIncompressible(plain)) codec = 'none';
   let payload = compress(codec, plain);
   let used = codec;
   if (codec !== 'none' && payload.length >= plain.length) {

@@ -6,7 +6,7 @@ set -euo pipefail
 mode="${1:---runtime}"
 runtime=(fuse3 libfuse2 e2fsprogs util-linux)
 testing=(qemu-utils libnbd-bin python3-libnbd nbdkit nbdfuse fio gdisk xfsprogs)
-bench=(restic borgbackup)
+bench=(restic borgbackup time)
 ceph=(ceph ceph-mon ceph-osd ceph-mgr radosgw ceph-common)
 pkgs=("${runtime[@]}")
 case "$mode" in

@@ -1,0 +1,41 @@
+/**
+ * `npm run bench`: blockgate against its peers on this machine, in one run. Prints a table
+ * and the ratios DESIGN.md sets as targets, and writes them to .bench/results.json.
+ * BENCH_SIZE_MIB sets the image size (default 2048), BENCH_DIR the scratch directory.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { benchCore, type Row } from './core.js';
+
+const work = path.resolve(process.env.BENCH_DIR ?? '.bench');
+const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 2048);
+fs.mkdirSync(work, { recursive: true });
+
+const suites: Record<string, (work: string, sizeMiB: number) => Promise<Row[]>> = { backup: benchCore };
+const only = process.argv.slice(2);
+const rows: Row[] = [];
+for (const [name, run] of Object.entries(suites)) {
+  if (only.length && !only.includes(name)) continue;
+  rows.push(...(await run(work, sizeMiB)));
+}
+
+const pad = (s: string, n: number) => s.padEnd(n);
+console.log(`\n${pad('suite', 8)} ${pad('tool', 12)} ${pad('operation', 24)} ${'seconds'.padStart(8)} ${'MB/s'.padStart(9)} ${'peak RSS MiB'.padStart(13)}`);
+for (const r of rows) {
+  console.log(`${pad(r.suite, 8)} ${pad(r.tool, 12)} ${pad(r.op, 24)} ${r.seconds.toFixed(2).padStart(8)} ${r.mbps.toFixed(1).padStart(9)} ${r.rssMiB.toFixed(0).padStart(13)}`);
+}
+const get = (tool: string, op: string) => rows.find((r) => r.tool === tool && r.op === op);
+const ratio = (a?: Row, b?: Row) => (a && b ? (a.mbps / b.mbps).toFixed(2) : 'n/a');
+const ratios: Record<string, string> = {
+  'full backup vs restic (target >= 3)': ratio(get('blockgate', 'full backup'), get('restic', 'full backup')),
+  'full backup vs borg fixed 4M (target >= 1.5)': ratio(get('blockgate', 'full backup'), get('borg', 'full backup')),
+  'restore vs restic (target >= 2)': ratio(get('blockgate', 'restore'), get('restic', 'restore')),
+  'restore vs borg': ratio(get('blockgate', 'restore'), get('borg', 'restore')),
+  'incremental 5% vs full (file volume, no change source)': ratio(get('blockgate', 'incremental 5%'), get('blockgate', 'full backup')),
+};
+const r1 = get('blockgate', 'full backup 1 GiB');
+const r8 = get('blockgate', 'full backup 8 GiB');
+if (r1 && r8) ratios['peak RSS 8 GiB / 1 GiB (flat = 1)'] = (r8.rssMiB / r1.rssMiB).toFixed(2);
+console.log('\nratios (blockgate / peer, throughput):');
+for (const [k, v] of Object.entries(ratios)) console.log(`  ${k}: ${v}`);
+fs.writeFileSync(path.join(work, 'results.json'), JSON.stringify({ date: new Date().toISOString(), sizeMiB, rows, ratios }, null, 2));

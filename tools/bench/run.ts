@@ -1,0 +1,41 @@
+/** Runs a command under GNU time and reports wall seconds and peak RSS. */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+export interface Measured {
+  seconds: number;
+  rssMiB: number;
+  stdout: string;
+}
+
+export async function measure(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}, cwd?: string): Promise<Measured> {
+  const timeFile = path.join(os.tmpdir(), `bg-bench-time-${process.pid}-${Date.now()}`);
+  const start = process.hrtime.bigint();
+  const stdout = await new Promise<string>((resolve, reject) => {
+    const child = spawn('/usr/bin/time', ['-f', '%M', '-o', timeFile, cmd, ...args], { env: { ...process.env, ...env }, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err.slice(-2000)}`))));
+  });
+  const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+  const rssKiB = Number(fs.readFileSync(timeFile, 'utf8').trim().split('\n').pop());
+  fs.rmSync(timeFile, { force: true });
+  return { seconds, rssMiB: rssKiB / 1024, stdout };
+}
+
+export function sh(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<string> {
+  return measure(cmd, args, env).then((m) => m.stdout);
+}
+
+/** drops the page cache when allowed, so "first read" numbers mean what they say */
+export function dropCaches(): void {
+  try {
+    fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+  } catch {
+    /* not root or not allowed: figures include the page cache */
+  }
+}
