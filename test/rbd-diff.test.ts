@@ -19,7 +19,7 @@ import {
   type RbdDiffRecord,
 } from '../drivers/rbd/diff.js';
 import { PullReader } from '../drivers/rbd/pull-reader.js';
-import { type CephCluster, cephSkipReason, cephTest, getCeph, rbd, rbdApply, rbdExportSha, run, type ImageOp } from './helpers/ceph.js';
+import { type CephCluster, type DeclareTest, cephSkipReason, cephTest, getCeph, rbd, rbdApply, rbdExportSha, run, type ImageOp } from './helpers/ceph.js';
 
 const MiB = 1 << 20;
 const OBJ = 4 * MiB;
@@ -124,7 +124,20 @@ const fill = (n: number, byte: number) => Buffer.alloc(n, byte);
 // ------------------------------------------------------------------ cluster
 
 let ceph: CephCluster;
-const test = cephTest;
+/** at most 3 Ceph tests at a time: each holds a few image models in memory (the machine is shared) */
+const slots = { free: 3, waiting: [] as Array<() => void> };
+const test: DeclareTest = (title, impl) =>
+  cephTest(title, async (t) => {
+    if (slots.free > 0) slots.free--;
+    else await new Promise<void>((r) => slots.waiting.push(r));
+    try {
+      await impl(t);
+    } finally {
+      const next = slots.waiting.shift();
+      if (next) next();
+      else slots.free++;
+    }
+  });
 ava.before(async () => {
   if (cephSkipReason) return;
   ceph = await getCeph();
