@@ -1,5 +1,8 @@
 /** Commands added by the serving features (serve, export, mount, restore sessions). */
 import type { Command } from 'commander';
 import type { Globals } from './commands.js';
+import { serveCommands } from './serve.js';
 
-export function extraCommands(_program: Command, _g: () => Globals): void {}
+export function extraCommands(program: Command, g: () => Globals): void {
+  serveCommands(program, g);
+}

@@ -1,0 +1,86 @@
+/**
+ * The appliance daemon (`blockgate serve`, `npm start`): serves every backup (and whatever
+ * other export sources are added, such as instant-restore sessions) over NBD on TCP and a
+ * unix socket, logs attach and detach, and shuts down cleanly.
+ */
+import fs from 'node:fs';
+import pino from 'pino';
+import { NbdServer, type NbdTlsOptions } from '../nbd/server.js';
+import type { Appliance } from './appliance.js';
+import { BackupExports } from './exports/backups.js';
+import { ExportRegistry } from './exports/registry.js';
+import { CachedChunkReader, RepoChunkReader } from './read/chunk-reader.js';
+
+export interface ServeOptions {
+  host: string;
+  port: number;
+  /** unix socket path; empty for none */
+  socket: string;
+  tls?: { cert: string; key: string; ca?: string; required?: boolean };
+}
+
+export type Logger = pino.Logger;
+
+export function makeLogger(): Logger {
+  return pino({ base: undefined, level: process.env.BLOCKGATE_LOG_LEVEL ?? 'info' }, pino.destination(2));
+}
+
+export class Daemon {
+  readonly registry: ExportRegistry;
+  readonly backups: BackupExports;
+  readonly chunks: CachedChunkReader;
+  private readonly server: NbdServer;
+  port = 0;
+  private stopped = false;
+  private readonly cleanups: (() => Promise<void> | void)[] = [];
+
+  constructor(readonly app: Appliance, readonly opts: ServeOptions, readonly log: Logger) {
+    this.chunks = new CachedChunkReader(new RepoChunkReader(app.repo, app.pool), app.config.cacheBytes);
+    this.registry = new ExportRegistry((event, fields) => log.info({ event, ...fields }, event));
+    this.backups = new BackupExports(app, this.chunks);
+    this.registry.addSource(this.backups);
+    let tls: NbdTlsOptions | undefined;
+    if (opts.tls) {
+      tls = {
+        cert: fs.readFileSync(opts.tls.cert),
+        key: fs.readFileSync(opts.tls.key),
+        ...(opts.tls.ca ? { ca: fs.readFileSync(opts.tls.ca) } : {}),
+        required: opts.tls.required,
+      };
+    }
+    this.server = new NbdServer({
+      provider: this.registry,
+      tls,
+      log: (event, fields) => {
+        if (event === 'error' || event === 'protocol-error') log.warn({ event, ...fields }, event);
+        else log.debug({ event, ...fields }, event);
+      },
+    });
+  }
+
+  /** registers something to undo at stop (sessions, mounts) */
+  onStop(fn: () => Promise<void> | void): void {
+    this.cleanups.push(fn);
+  }
+
+  async start(): Promise<void> {
+    this.port = await this.server.listenTcp(this.opts.port, this.opts.host);
+    if (this.opts.socket) await this.server.listenUnix(this.opts.socket);
+    this.log.info({ event: 'listening', host: this.opts.host, port: this.port, socket: this.opts.socket || null, tls: !!this.opts.tls }, `serving NBD on ${this.opts.host}:${this.port}${this.opts.socket ? ` and ${this.opts.socket}` : ''}`);
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.log.info({ event: 'stopping' }, 'stopping');
+    await this.server.close();
+    for (const fn of this.cleanups.reverse()) await fn();
+    await this.backups.closeAll();
+    if (this.opts.socket) fs.rmSync(this.opts.socket, { force: true });
+  }
+}
+
+export function nbdUris(host: string, port: number, socket: string, name: string): { tcp: string; unix: string | null } {
+  const enc = [...name].map((c) => (/[A-Za-z0-9._~@+:=-]/.test(c) ? c : encodeURIComponent(c))).join('');
+  return { tcp: `nbd://${host}${port === 10809 ? '' : `:${port}`}/${enc}`, unix: socket ? `nbd+unix:///${enc}?socket=${socket}` : null };
+}

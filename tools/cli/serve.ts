@@ -1,0 +1,75 @@
+/** `blockgate serve` (the daemon) and `blockgate export list`. */
+import type { Command } from 'commander';
+import { Appliance } from '../../gateway/appliance.js';
+import { loadConfig } from '../../gateway/config.js';
+import { Daemon, makeLogger, nbdUris } from '../../gateway/daemon.js';
+import { BackupExports } from '../../gateway/exports/backups.js';
+import { type Globals, withApp } from './commands.js';
+import { printRows } from './output.js';
+
+export type DaemonHook = (d: Daemon) => Promise<void> | void;
+const hooks: DaemonHook[] = [];
+/** lets other features (instant restore, mounts) add their export sources to the daemon */
+export function onDaemonStart(h: DaemonHook): void {
+  hooks.push(h);
+}
+
+export function serveCommands(program: Command, g: () => Globals): void {
+  program
+    .command('serve')
+    .description('run the appliance daemon: every backup attachable over NBD (TCP and unix socket)')
+    .option('--nbd-host <host>', 'address to listen on')
+    .option('--nbd-port <port>', 'TCP port (default 10809)')
+    .option('--nbd-socket <path>', 'unix socket path ("" for none)')
+    .option('--tls-cert <file>', 'x509 certificate (PEM) for NBD TLS')
+    .option('--tls-key <file>', 'private key (PEM) for NBD TLS')
+    .option('--tls-ca <file>', 'CA to verify client certificates')
+    .option('--tls-required', 'refuse clients that do not start TLS')
+    .action(async (o: { nbdHost?: string; nbdPort?: string; nbdSocket?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsRequired?: boolean }) => {
+      const cfg = loadConfig(g().dataDir);
+      const log = makeLogger();
+      const app = await Appliance.open(cfg);
+      if ((o.tlsCert && !o.tlsKey) || (!o.tlsCert && o.tlsKey)) throw new Error('--tls-cert and --tls-key go together');
+      const daemon = new Daemon(
+        app,
+        {
+          host: o.nbdHost ?? cfg.nbd.host,
+          port: o.nbdPort !== undefined ? Number(o.nbdPort) : cfg.nbd.port,
+          socket: o.nbdSocket ?? cfg.nbd.socket,
+          tls: o.tlsCert && o.tlsKey ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, required: o.tlsRequired } : undefined,
+        },
+        log,
+      );
+      for (const h of hooks) await h(daemon);
+      await daemon.start();
+      await new Promise<void>((resolve) => {
+        const stop = (sig: string) => {
+          log.info({ event: 'signal', signal: sig }, `received ${sig}`);
+          resolve();
+        };
+        process.once('SIGINT', () => stop('SIGINT'));
+        process.once('SIGTERM', () => stop('SIGTERM'));
+      });
+      await daemon.stop();
+      await app.close();
+      log.info({ event: 'stopped' }, 'stopped');
+    });
+
+  program
+    .command('export')
+    .description('NBD exports')
+    .command('list')
+    .description('every export with its nbd:// and nbd+unix:// URIs')
+    .action(() =>
+      withApp(g(), async (app) => {
+        const src = new BackupExports(app, { read: () => Promise.reject(new Error('listing only')) });
+        const { host, port, socket } = app.config.nbd;
+        const rows = src.list().map((e) => {
+          const b = src.resolve(e.name.replace(/\+overlay$/, ''))!;
+          const u = nbdUris(host, port, socket, e.name);
+          return { name: e.name, backup: b.id, writable: e.name.endsWith('+overlay'), uri: u.tcp, unix_uri: u.unix };
+        });
+        printRows(g().format, rows, ['name', 'backup', 'writable', 'uri', 'unix_uri']);
+      }),
+    );
+}
