@@ -15,7 +15,7 @@
  * What real diffs look like (checked by test/rbd-diff.test.ts on a 16.2 cluster):
  * - extents never cross a RADOS object (4 MiB by default);
  * - a full diff covers each object from its start to its highest written byte, zero fill
- *   included; an incremental one is exact (a 512-byte overwrite is `w off 512`);
+ *   included; an incremental one is exact (512 bytes overwritten at 1024 give `w 1024+512`);
  * - data that reads back as zeros, deleted objects and discards become 'z' records; discards
  *   under 64 KiB (rbd_discard_granularity_bytes) are dropped by librbd and never appear;
  * - after a shrink the diff is only the header (no 'z' for the cut-off part): whoever applies
