@@ -11,14 +11,16 @@
 # application). An S3 user with the key pair below.
 #
 # stdout carries nothing but `export NAME=value` lines (the same lines go to DIR/env.sh);
-# progress and errors go to stderr. If DIR already holds a cluster made by this script it is
-# stopped and replaced. On failure the daemons already started are stopped, their log tails
+# progress and errors go to stderr. DIR must not exist, be empty, or hold a cluster made by
+# this script (which is then stopped and replaced). On failure the daemons already started are stopped, their log tails
 # are printed and DIR is kept for a post-mortem (remove it with ceph-down.sh).
 #
 # Settings (environment variables, all optional):
 #   CEPH_MON_PORT      monitor msgr2 port        (default 3300)
 #   CEPH_MON_V1_PORT   monitor legacy msgr1 port (default 6789)
 #   CEPH_RGW_PORT      radosgw S3 port           (default 7480)
+#                      (a port set here must be free; a default that is taken is replaced
+#                      by a random free port, reported on stderr and in the exports)
 #   CEPH_POOLS         RBD pools to create       (default "volumes backups")
 #   CEPH_PG_NUM        placement groups per pool (default 8)
 #   CEPH_OSD_STORE     bluestore | memstore      (default: bluestore, memstore when DIR is on tmpfs)
@@ -81,15 +83,35 @@ fi
 say "$(ceph --version 2>/dev/null | cut -d' ' -f1-3)"
 
 # ------------------------------------------------------------------ fresh directory
-if [ -e "$DIR" ]; then
+if [ -e "$DIR/.blockgate-ceph" ]; then
   say "replacing the cluster in $DIR"
   "$SELF_DIR/ceph-down.sh" "$DIR" >&2 || die "could not remove the previous cluster in $DIR"
+elif [ -e "$DIR" ] && { [ ! -d "$DIR" ] || [ -n "$(ls -A "$DIR")" ]; }; then
+  die "$DIR exists and is not an empty directory or a cluster made by this script"
 fi
+
+# ------------------------------------------------------------------ ports
+# A port given explicitly must be free. A default port that is taken (another cluster on this
+# machine) is replaced by a free one nearby; the exports and ceph.conf carry the real ports.
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-used=("$MON_PORT" "$MON_V1_PORT"); [ "$NO_RGW" = 1 ] || used+=("$RGW_PORT")
-for p in "${used[@]}"; do
-  port_in_use "$p" && die "127.0.0.1:$p is already in use (choose other CEPH_MON_PORT / CEPH_MON_V1_PORT / CEPH_RGW_PORT)"
-done
+taken=" "
+pick_port() { # pick_port VAR DEFAULT EXPLICIT
+  local var=$1 port=$2 explicit=$3 tries=0
+  if [ -n "$explicit" ]; then
+    port_in_use "$port" && die "127.0.0.1:$port ($var) is already in use"
+  else
+    while port_in_use "$port" || [[ "$taken" == *" $port "* ]]; do
+      (( ++tries < 200 )) || die "no free port near ${2} for $var"
+      port=$(( 20000 + RANDOM % 40000 ))
+    done
+    [ "$port" = "$2" ] || say "port $2 is taken; $var = $port"
+  fi
+  taken+="$port "
+  printf -v "$var" '%s' "$port"
+}
+pick_port MON_PORT "$MON_PORT" "${CEPH_MON_PORT:-}"
+pick_port MON_V1_PORT "$MON_V1_PORT" "${CEPH_MON_V1_PORT:-}"
+[ "$NO_RGW" = 1 ] || pick_port RGW_PORT "$RGW_PORT" "${CEPH_RGW_PORT:-}"
 mkdir -p "$DIR"/{run,log,mon,mgr,osd,rgw}
 : > "$DIR/.blockgate-ceph"          # ceph-down.sh only removes directories carrying this mark
 
