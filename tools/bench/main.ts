@@ -6,12 +6,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { benchCore, type Row } from './core.js';
+import { benchNbd } from './nbd.js';
 
 const work = path.resolve(process.env.BENCH_DIR ?? '.bench');
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 2048);
 fs.mkdirSync(work, { recursive: true });
 
-const suites: Record<string, (work: string, sizeMiB: number) => Promise<Row[]>> = { backup: benchCore };
+const suites: Record<string, (work: string, sizeMiB: number) => Promise<Row[]>> = { backup: benchCore, nbd: benchNbd };
 const only = process.argv.slice(2);
 const rows: Row[] = [];
 for (const [name, run] of Object.entries(suites)) {
@@ -33,6 +34,11 @@ const ratios: Record<string, string> = {
   'restore vs borg': ratio(get('blockgate', 'restore'), get('borg', 'restore')),
   'incremental 5% vs full (file volume, no change source)': ratio(get('blockgate', 'incremental 5%'), get('blockgate', 'full backup')),
 };
+const nbdRatio = (op: string, peer: string) => ratio(get('blockgate', op), get(peer, op));
+ratios['nbdcopy cached vs nbdkit file (target >= 0.8)'] = nbdRatio('nbdcopy cached', 'nbdkit-file');
+ratios['nbdcopy first read vs nbdkit file (target >= 0.5)'] = nbdRatio('nbdcopy first read', 'nbdkit-file');
+ratios['nbdcopy cached vs qemu-nbd'] = nbdRatio('nbdcopy cached', 'qemu-nbd');
+ratios['fio randread 4k IOPS vs nbdkit file'] = nbdRatio('fio randread 4k IOPS', 'nbdkit-file');
 const r1 = get('blockgate', 'full backup 1 GiB');
 const r8 = get('blockgate', 'full backup 8 GiB');
 if (r1 && r8) ratios['peak RSS 8 GiB / 1 GiB (flat = 1)'] = (r8.rssMiB / r1.rssMiB).toFixed(2);

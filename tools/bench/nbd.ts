@@ -1,0 +1,99 @@
+/**
+ * NBD benchmark: `nbdcopy` of a backup export to null: (first read with a cold chunk cache,
+ * then cached) against `nbdkit file` and `qemu-nbd` serving the same image as a raw file;
+ * random 4 KiB read IOPS with fio's nbd engine against the same three servers.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { CLI, type Row } from './core.js';
+import { makeFsImage } from './image.js';
+import { dropCaches, measure, sh } from './run.js';
+
+function startServer(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
+  return spawn(cmd, args, { stdio: 'ignore', env: { ...process.env, ...env } });
+}
+
+async function waitPort(uri: string): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    try {
+      await sh('nbdinfo', ['--size', uri]);
+      return;
+    } catch {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  throw new Error(`${uri} did not come up`);
+}
+
+async function stop(p: ChildProcess): Promise<void> {
+  if (p.exitCode !== null || p.signalCode !== null) return;
+  const done = new Promise((r) => p.on('exit', r));
+  p.kill('SIGTERM');
+  await done;
+}
+
+async function fioIops(uri: string): Promise<number> {
+  const out = await sh('fio', ['--name=randread', '--ioengine=nbd', `--uri=${uri}`, '--rw=randread', '--bs=4k', '--iodepth=32', '--runtime=8', '--time_based', '--output-format=json']);
+  const j = JSON.parse(out.slice(out.indexOf('{'))) as { jobs: { read: { iops: number } }[] };
+  return j.jobs[0]!.read.iops;
+}
+
+export async function benchNbd(work: string, sizeMiB: number): Promise<Row[]> {
+  const rows: Row[] = [];
+  const img = path.join(work, 'volume.img');
+  if (!fs.existsSync(img) || fs.statSync(img).size !== sizeMiB * 1024 * 1024) makeFsImage(img, sizeMiB, work);
+  const bytes = fs.statSync(img).size;
+  const data = path.join(work, 'bg-nbd');
+  fs.rmSync(data, { recursive: true, force: true });
+  await sh(process.execPath, [CLI, '--data-dir', data, 'volume', 'create', '--name', 'vol', '--file', img]);
+  await sh(process.execPath, [CLI, '--data-dir', data, 'backup', 'create', 'vol', '--name', 'b']);
+  const port = 10870;
+  const copy = async (tool: string, op: string, uri: string) => {
+    const m = await measure('nbdcopy', ['--requests=64', uri, 'null:']);
+    rows.push({ suite: 'nbd', tool, op, seconds: m.seconds, mbps: bytes / 1e6 / m.seconds, rssMiB: 0 });
+  };
+  const iops = async (tool: string, uri: string) => {
+    const v = await fioIops(uri);
+    rows.push({ suite: 'nbd', tool, op: 'fio randread 4k IOPS', seconds: 8, mbps: v, rssMiB: 0 });
+  };
+
+  console.error('bench: nbd — blockgate');
+  dropCaches();
+  const bg = startServer(process.execPath, [CLI, '--data-dir', data, 'serve', '--nbd-port', String(port), '--nbd-socket', ''], { BLOCKGATE_CACHE_BYTES: String(bytes + 512 * 1024 * 1024) });
+  try {
+    const uri = `nbd://127.0.0.1:${port}/vol@b`;
+    await waitPort(uri);
+    await copy('blockgate', 'nbdcopy first read', uri);
+    await copy('blockgate', 'nbdcopy cached', uri);
+    await iops('blockgate', uri);
+  } finally {
+    await stop(bg);
+  }
+  console.error('bench: nbd — nbdkit file');
+  dropCaches();
+  const nk = startServer('nbdkit', ['-f', '-r', '-i', '127.0.0.1', '-p', String(port), 'file', img]);
+  try {
+    const uri = `nbd://127.0.0.1:${port}`;
+    await waitPort(uri);
+    await copy('nbdkit-file', 'nbdcopy first read', uri);
+    await copy('nbdkit-file', 'nbdcopy cached', uri);
+    await iops('nbdkit-file', uri);
+  } finally {
+    await stop(nk);
+  }
+  console.error('bench: nbd — qemu-nbd');
+  dropCaches();
+  const qn = startServer('qemu-nbd', ['-r', '-t', '-b', '127.0.0.1', '-p', String(port), '-f', 'raw', '--shared=8', img]);
+  try {
+    const uri = `nbd://127.0.0.1:${port}`;
+    await waitPort(uri);
+    await copy('qemu-nbd', 'nbdcopy first read', uri);
+    await copy('qemu-nbd', 'nbdcopy cached', uri);
+    await iops('qemu-nbd', uri);
+  } finally {
+    await stop(qn);
+  }
+  fs.rmSync(data, { recursive: true, force: true });
+  return rows;
+}
