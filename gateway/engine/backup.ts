@@ -14,7 +14,7 @@ import { CODEC_ID } from '../../drivers/codec.js';
 import { encodeChunk } from '../../drivers/chunk.js';
 import type { ChangeSource } from '../../drivers/volume/types.js';
 import type { Appliance } from '../appliance.js';
-import { LowWater, runWindow } from './pipeline.js';
+import { LowWater, range, runWindow } from './pipeline.js';
 
 export interface BackupOptions {
   volume: string;
@@ -223,9 +223,6 @@ async function readFully(dev: { read(o: number, l: number): Promise<Buffer>; rea
   (await dev.read(offset, view.length)).copy(view);
 }
 
-function* range(n: number): Iterable<number> {
-  for (let i = 0; i < n; i++) yield i;
-}
 
 async function* changedChunks(ranges: AsyncIterable<{ offset: number; length: number }>, cs: number, count: number): AsyncIterable<number> {
   let last = -1;

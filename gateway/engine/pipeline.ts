@@ -46,3 +46,7 @@ export class LowWater {
     return this.next;
   }
 }
+
+export function* range(n: number): Iterable<number> {
+  for (let i = 0; i < n; i++) yield i;
+}

@@ -12,7 +12,7 @@ import { FileVolume } from '../../drivers/volume/file.js';
 import type { Appliance } from '../appliance.js';
 import { RepoChunkReader } from '../read/chunk-reader.js';
 import type { Progress } from './backup.js';
-import { runWindow } from './pipeline.js';
+import { range, runWindow } from './pipeline.js';
 
 export interface RestoreOptions {
   backup: string;
@@ -124,8 +124,4 @@ function uniqueName(app: Appliance, base: string): string {
       return name;
     }
   }
-}
-
-function* range(n: number): Iterable<number> {
-  for (let i = 0; i < n; i++) yield i;
 }

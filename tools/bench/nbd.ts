@@ -58,41 +58,28 @@ export async function benchNbd(work: string, sizeMiB: number): Promise<Row[]> {
     rows.push({ suite: 'nbd', tool, op: 'fio randread 4k IOPS', seconds: 8, mbps: v, rssMiB: 0 });
   };
 
-  console.error('bench: nbd — blockgate');
-  dropCaches();
-  const bg = startServer(process.execPath, [CLI, '--data-dir', data, 'serve', '--nbd-port', String(port), '--nbd-socket', ''], { BLOCKGATE_CACHE_BYTES: String(bytes + 512 * 1024 * 1024) });
-  try {
-    const uri = `nbd://127.0.0.1:${port}/vol@b`;
-    await waitPort(uri);
-    await copy('blockgate', 'nbdcopy first read', uri);
-    await copy('blockgate', 'nbdcopy cached', uri);
-    await iops('blockgate', uri);
-  } finally {
-    await stop(bg);
-  }
-  console.error('bench: nbd — nbdkit file');
-  dropCaches();
-  const nk = startServer('nbdkit', ['-f', '-r', '-i', '127.0.0.1', '-p', String(port), 'file', img]);
-  try {
-    const uri = `nbd://127.0.0.1:${port}`;
-    await waitPort(uri);
-    await copy('nbdkit-file', 'nbdcopy first read', uri);
-    await copy('nbdkit-file', 'nbdcopy cached', uri);
-    await iops('nbdkit-file', uri);
-  } finally {
-    await stop(nk);
-  }
-  console.error('bench: nbd — qemu-nbd');
-  dropCaches();
-  const qn = startServer('qemu-nbd', ['-r', '-t', '-b', '127.0.0.1', '-p', String(port), '-f', 'raw', '--shared=8', img]);
-  try {
-    const uri = `nbd://127.0.0.1:${port}`;
-    await waitPort(uri);
-    await copy('qemu-nbd', 'nbdcopy first read', uri);
-    await copy('qemu-nbd', 'nbdcopy cached', uri);
-    await iops('qemu-nbd', uri);
-  } finally {
-    await stop(qn);
+  const servers: { tool: string; uri: string; start: () => ChildProcess }[] = [
+    {
+      tool: 'blockgate',
+      uri: `nbd://127.0.0.1:${port}/vol@b`,
+      // a cache that holds the whole image, so the second read is served from memory
+      start: () => startServer(process.execPath, [CLI, '--data-dir', data, 'serve', '--nbd-port', String(port), '--nbd-socket', ''], { BLOCKGATE_CACHE_BYTES: String(bytes + 512 * 1024 * 1024) }),
+    },
+    { tool: 'nbdkit-file', uri: `nbd://127.0.0.1:${port}`, start: () => startServer('nbdkit', ['-f', '-r', '-i', '127.0.0.1', '-p', String(port), 'file', img]) },
+    { tool: 'qemu-nbd', uri: `nbd://127.0.0.1:${port}`, start: () => startServer('qemu-nbd', ['-r', '-t', '-b', '127.0.0.1', '-p', String(port), '-f', 'raw', '--shared=8', img]) },
+  ];
+  for (const s of servers) {
+    console.error(`bench: nbd — ${s.tool}`);
+    dropCaches();
+    const p = s.start();
+    try {
+      await waitPort(s.uri);
+      await copy(s.tool, 'nbdcopy first read', s.uri);
+      await copy(s.tool, 'nbdcopy cached', s.uri);
+      await iops(s.tool, s.uri);
+    } finally {
+      await stop(p);
+    }
   }
   fs.rmSync(data, { recursive: true, force: true });
   return rows;
