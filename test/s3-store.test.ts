@@ -54,7 +54,10 @@ async function wipe(prefix: string): Promise<void> {
   let token: string | undefined;
   do {
     const page = await raw.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: prefix, ContinuationToken: token }));
-    await Promise.all((page.Contents ?? []).map((o) => raw.send(new DeleteObjectCommand({ Bucket: BUCKET, Key: o.Key! }))));
+    const keys = (page.Contents ?? []).map((o) => o.Key!);
+    for (let i = 0; i < keys.length; i += 32) {
+      await Promise.all(keys.slice(i, i + 32).map((Key) => raw.send(new DeleteObjectCommand({ Bucket: BUCKET, Key }))));
+    }
     token = page.IsTruncated ? page.NextContinuationToken : undefined;
   } while (token);
 }
