@@ -40,9 +40,8 @@ export function serveCommands(program: Command, g: () => Globals): void {
         },
         log,
       );
-      for (const h of hooks) await h(daemon);
-      await daemon.start();
-      await new Promise<void>((resolve) => {
+      // signals are caught before the daemon says it listens, so an early SIGTERM still stops it cleanly
+      const stopped = new Promise<void>((resolve) => {
         const stop = (sig: string) => {
           log.info({ event: 'signal', signal: sig }, `received ${sig}`);
           resolve();
@@ -50,6 +49,9 @@ export function serveCommands(program: Command, g: () => Globals): void {
         process.once('SIGINT', () => stop('SIGINT'));
         process.once('SIGTERM', () => stop('SIGTERM'));
       });
+      for (const h of hooks) await h(daemon);
+      await daemon.start();
+      await stopped;
       await daemon.stop();
       await app.close();
       log.info({ event: 'stopped' }, 'stopped');
