@@ -14,6 +14,10 @@ export const PAGE_ENTRIES = 512;
 export const PAGE_BYTES = PAGE_ENTRIES * DIGEST_BYTES;
 const HOLE = Buffer.alloc(DIGEST_BYTES);
 
+/** a page of holes only; stored like any page when a sparse build uses it */
+export const HOLE_PAGE = Buffer.alloc(PAGE_BYTES);
+const HOLE_PAGE_DIGEST = sha256(HOLE_PAGE);
+
 export type PageLoader = (pageDigest: string) => Buffer;
 
 export const pagesFor = (chunkCount: number): number => Math.ceil(chunkCount / PAGE_ENTRIES);
@@ -73,9 +77,15 @@ export class MapBuilder {
   private readonly root: Buffer;
   private readonly open = new Map<number, Buffer>();
 
+  /**
+   * @param parent the map to start from (entries not set keep the parent's value)
+   * @param emptyBase with no parent: entries never set are holes (a sparse build, e.g. from
+   *   an RBD diff); otherwise every page must be written
+   */
   constructor(
     readonly chunkCount: number,
     private readonly parent?: { root: Buffer; chunkCount: number; load: PageLoader },
+    private readonly emptyBase = false,
   ) {
     this.root = Buffer.alloc(pagesFor(chunkCount) * DIGEST_BYTES);
     if (parent) {
@@ -128,14 +138,15 @@ export class MapBuilder {
   finish(): Buffer {
     if (this.open.size) throw new Error('map pages not yet taken');
     if (!this.parent) {
-      // a map built from nothing: pages never touched are all holes
       for (let p = 0; p < pagesFor(this.chunkCount); p++) {
         const d = this.root.subarray(p * DIGEST_BYTES, (p + 1) * DIGEST_BYTES);
-        if (d.equals(HOLE)) throw new Error(`map page ${p} was never written`);
+        if (!d.equals(HOLE)) continue;
+        if (!this.emptyBase) throw new Error(`map page ${p} was never written`);
+        HOLE_PAGE_DIGEST.copy(d);
       }
     }
     return this.root;
   }
 }
 
-export const HOLE_PAGE = Buffer.alloc(PAGE_BYTES);
+

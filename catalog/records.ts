@@ -65,6 +65,10 @@ export interface BackupRecord {
   owner: Owner | null;
   /** notes on how the backup was made (e.g. a fall-back to a full read) */
   notes: string[];
+  /** the change source's token (e.g. RBD snapshot name) the next incremental diffs against */
+  change_token: string | null;
+  /** bytes read from the volume to make this backup */
+  bytes_read: number;
 }
 
 /** The record as users see it, with has_dependent_backups computed from the live chain. */

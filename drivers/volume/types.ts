@@ -1,23 +1,36 @@
 /**
  * The volume driver interface: what a backup reads from and a restore writes to. A volume
- * is opened as a block device; a driver may also offer a change source, which tells an
- * incremental backup which byte ranges changed since the parent backup (RBD export-diff),
- * so unchanged ranges are neither read nor hashed.
+ * is opened as a block device; a driver may also offer a change source (RBD export-diff):
+ * a point-in-time snapshot of the volume whose changed extents since an earlier snapshot
+ * arrive with their data, so an incremental touches only the chunks that changed.
  */
 import type { BlockDevice } from '../../nbd/blockdev.js';
 
-export interface ChangedRange {
+/** One changed extent of a change stream: data, or a range that now reads as zeroes. */
+export interface ChangedExtent {
   offset: number;
   length: number;
+  /** the new bytes (length === data.length), or null for a zeroed/discarded range */
+  data: Buffer | null;
 }
 
 export interface ChangeSource {
-  /** a token recorded with the backup, handed back as `since` for the next incremental (e.g. an RBD snapshot name) */
+  /** recorded with the backup (as change_token) and handed back as `since` for the next incremental, e.g. an RBD snapshot name */
   readonly token: string;
-  /** ranges changed since the parent, ascending; null when the driver cannot tell (read everything) */
-  changedSince(sinceToken: string | null): AsyncIterable<ChangedRange> | null;
-  /** the backup committed: the driver may drop older snapshots */
-  commit(): Promise<void>;
+  /** size of the volume at the snapshot */
+  readonly size: number;
+  /**
+   * Extents changed since the snapshot `since` (null: since an empty volume, i.e. every
+   * allocated extent), ascending and non-overlapping, each at most a few MiB. When `since`
+   * no longer exists the driver falls back to everything and says so in `notes`.
+   */
+  changes(since: string | null): AsyncIterable<ChangedExtent>;
+  /** what the driver wants recorded on the backup (e.g. "parent snapshot gone: full read") */
+  readonly notes: string[];
+  /** bytes the driver read from the volume so far */
+  readonly bytesRead: number;
+  /** the backup committed: the driver may drop the parent's snapshot */
+  commit(parentToken: string | null): Promise<void>;
   /** the backup failed: drop what was made for it */
   abort(): Promise<void>;
 }
@@ -31,7 +44,7 @@ export interface VolumeDriver {
   readonly kind: 'file' | 'rbd';
   /** opens for reading (a backup) or writing (a restore target) */
   open(mode: 'read' | 'write'): Promise<VolumeDevice>;
-  /** a point-in-time source for a backup, when the driver can make one (snapshots); null reads the live volume */
-  snapshotForBackup?(backupId: string): Promise<ChangeSource | null>;
+  /** a point-in-time change source for a backup, when the driver can make one (snapshots) */
+  snapshotForBackup?(backupId: string): Promise<ChangeSource>;
   size(): Promise<number>;
 }

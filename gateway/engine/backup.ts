@@ -7,14 +7,14 @@
  */
 import { randomUUID } from 'node:crypto';
 import { ConflictError, ownerHere } from '../../catalog/catalog.js';
-import { MapBuilder, MapReader, PAGE_ENTRIES, type NewPage } from '../../catalog/blockmap.js';
+import { HOLE_PAGE, MapBuilder, MapReader } from '../../catalog/blockmap.js';
 import { encodeManifest } from '../../catalog/manifest.js';
 import { type BackupRecord, now, sizeGiB } from '../../catalog/records.js';
-import { CODEC_ID } from '../../drivers/codec.js';
-import { encodeChunk } from '../../drivers/chunk.js';
+import { sha256 } from '../../drivers/chunk.js';
 import type { ChangeSource } from '../../drivers/volume/types.js';
 import type { Appliance } from '../appliance.js';
-import { LowWater, range, runWindow } from './pipeline.js';
+import { RepoChunkReader } from '../read/chunk-reader.js';
+import { ChunkSink } from './chunk-sink.js';
 
 export interface BackupOptions {
   volume: string;
@@ -81,6 +81,8 @@ export async function startBackup(app: Appliance, opts: BackupOptions): Promise<
     codec: repo.config.codec,
     owner: ownerHere(),
     notes: [],
+    change_token: null,
+    bytes_read: 0,
   };
   catalog.env.transactionSync(() => {
     catalog.registerWriter(id);
@@ -96,9 +98,10 @@ export async function runBackup(app: Appliance, rec: BackupRecord, progress?: Pr
   try {
     const driver = app.volumeDriver(catalog.volume(rec.volume_id));
     source = (await driver.snapshotForBackup?.(rec.id)) ?? null;
-    const done = await copyVolume(app, rec, source, progress);
+    const parent = rec.parent_id ? catalog.backups.get(rec.parent_id) : undefined;
+    const done = source ? await copyChanges(app, rec, source, parent, progress) : await copyVolume(app, rec, progress);
     const committed = catalog.commitBackup(done.rec, done.root);
-    await source?.commit();
+    await source?.commit(parent?.change_token ?? null);
     return committed;
   } catch (e) {
     await source?.abort().catch(() => undefined);
@@ -114,90 +117,123 @@ export async function runBackup(app: Appliance, rec: BackupRecord, progress?: Pr
   }
 }
 
-async function copyVolume(app: Appliance, rec: BackupRecord, source: ChangeSource | null, progress?: Progress): Promise<{ rec: BackupRecord; root: Buffer }> {
-  const { catalog, repo, pool } = app;
+function cancelCheck(app: Appliance, id: string): () => void {
+  let n = 0;
+  return () => {
+    if (++n % 16 === 0 && app.catalog.backups.get(id)?.status !== 'creating') throw new BackupCancelled(id);
+  };
+}
+
+/** Whole-volume read: every chunk is read and hashed; only unknown ones are written. */
+async function copyVolume(app: Appliance, rec: BackupRecord, progress?: Progress): Promise<{ rec: BackupRecord; root: Buffer }> {
+  const { catalog } = app;
   const cs = rec.chunk_size;
   const count = Math.ceil(rec.size_bytes / cs);
-  const parent = rec.parent_id ? catalog.backups.get(rec.parent_id) : undefined;
-  const parentRoot = parent ? catalog.mapRoot(parent.id) : undefined;
-  const changed = parent && parentRoot && source ? source.changedSince(parent.snapshot_id) : null;
-  // with a change source, start from the parent's map and revisit only changed chunks
-  const builder =
-    changed && parent && parentRoot
-      ? new MapBuilder(count, { root: parentRoot, chunkCount: Math.ceil(parent.size_bytes / parent.chunk_size), load: catalog.loadPage })
-      : new MapBuilder(count);
-  const indices = changed ? changedChunks(changed, cs, count) : range(count);
+  const sink = new ChunkSink(app, new MapBuilder(count), cs, app.config.pipelineDepth, true);
   const dev = await app.volumeDriver(catalog.volume(rec.volume_id)).open('read');
-  const slots = Array.from({ length: app.config.pipelineDepth }, () => new ArrayBuffer(cs));
-  const writing = new Map<string, Promise<void>>();
-  const low = new LowWater();
-  const pagesPending: Promise<void>[] = [];
-  const stats = { object_count: 0, new_chunks: 0, new_bytes: 0, data_bytes: 0, read: 0 };
-  let sinceCheck = 0;
-  const flushPages = (pages: NewPage[]): void => {
-    for (const p of pages) pagesPending.push(storePage(app, p));
-  };
+  const check = cancelCheck(app, rec.id);
+  let read = 0;
   try {
-    await runWindow(
-      indices,
-      slots.length,
-      async (i, slot) => {
-        const offset = i * cs;
-        const len = Math.min(cs, rec.size_bytes - offset);
-        const view = Buffer.from(slots[slot]!, 0, len);
-        await readFully(dev, view, offset);
-        stats.read += len;
-        const h = await pool.hash(slots[slot]!, len);
-        slots[slot] = h.buf;
-        if (h.zero) {
-          builder.set(i, null);
-          return;
-        }
-        stats.object_count++;
-        stats.data_bytes += len;
-        if (!catalog.chunk(h.digest)) {
-          let w = writing.get(h.digest);
-          if (!w) {
-            w = (async () => {
-              const enc = await pool.encode(slots[slot]!, len, repo.config.codec);
-              slots[slot] = enc.buf;
-              await repo.putChunk(h.digest, enc.object);
-              await catalog.chunks.put(h.digest, { s: enc.object.length, c: CODEC_ID[enc.codec], n: len });
-              stats.new_chunks++;
-              stats.new_bytes += enc.object.length;
-            })();
-            writing.set(h.digest, w);
-          }
-          await w;
-        }
-        builder.set(i, h.digest);
-      },
-      (i) => {
-        const lw = low.complete(i);
-        progress?.(Math.min(stats.read, rec.size_bytes), changed ? Math.max(stats.read, 1) : rec.size_bytes);
-        if (!changed) flushPages(builder.takeFinishedPages(Math.floor(lw / PAGE_ENTRIES)));
-        if (++sinceCheck >= 16) {
-          sinceCheck = 0;
-          if (catalog.backups.get(rec.id)?.status !== 'creating') throw new BackupCancelled(rec.id);
-        }
-      },
-    );
-    if (catalog.backups.get(rec.id)?.status !== 'creating') throw new BackupCancelled(rec.id);
-    flushPages(builder.takeFinishedPages());
-    await Promise.all(pagesPending);
+    for (let i = 0; i < count && !sink.failed; i++) {
+      check();
+      const slot = await sink.acquire();
+      const len = Math.min(cs, rec.size_bytes - i * cs);
+      await readFully(dev, sink.buffer(slot).subarray(0, len), i * cs).catch((e: unknown) => {
+        sink.discard(slot);
+        throw e;
+      });
+      read += len;
+      sink.put(i, slot, len);
+      progress?.(read, rec.size_bytes);
+    }
+  } catch (e) {
+    await sink.settle();
+    throw e;
   } finally {
     await dev.close?.();
   }
-  const root = builder.finish();
-  let out: BackupRecord = { ...rec, ...stats, updated_at: now() };
-  if (changed) out = recountFromMap(app, out, root);
-  delete (out as Partial<typeof stats>).read;
-  const v = catalog.volume(rec.volume_id);
-  await repo.putManifest(rec.id, encodeManifest(repo.config.id, out, v, root));
+  const root = await sink.finish();
+  return finishRecord(app, { ...rec, ...sink.stats, bytes_read: read }, root);
+}
+
+/**
+ * Change-source backup (RBD export-diff): only chunks touched by a changed extent are
+ * built, each from the parent's chunk (or zeroes) with the changed bytes laid over it;
+ * every other entry of the map is the parent's (or a hole, for a first backup).
+ */
+async function copyChanges(app: Appliance, rec: BackupRecord, source: ChangeSource, parent: BackupRecord | undefined, progress?: Progress): Promise<{ rec: BackupRecord; root: Buffer }> {
+  const { catalog } = app;
+  rec = { ...rec, size_bytes: source.size, size: sizeGiB(source.size) };
+  const cs = rec.chunk_size;
+  const count = Math.ceil(rec.size_bytes / cs);
+  const base = parent ? { root: catalog.mapRoot(parent.id), chunkCount: Math.ceil(parent.size_bytes / parent.chunk_size), load: catalog.loadPage } : undefined;
+  const parentMap = parent ? catalog.mapReader(parent) : null;
+  const chunks = new RepoChunkReader(app.repo, app.pool);
+  const sink = new ChunkSink(app, new MapBuilder(count, base, true), cs, app.config.pipelineDepth, false);
+  if (!parent) await sink.storePage({ digest: sha256(HOLE_PAGE).toString('hex'), bytes: HOLE_PAGE });
+  const check = cancelCheck(app, rec.id);
+  let cur = -1;
+  let slot = -1;
+  let changed = 0;
+  const open = async (i: number) => {
+    slot = await sink.acquire();
+    cur = i;
+    const buf = sink.buffer(slot);
+    const len = Math.min(cs, rec.size_bytes - i * cs);
+    const digest = parentMap && i < parentMap.chunkCount ? parentMap.entry(i) : null;
+    if (digest) {
+      const data = await chunks.read(digest);
+      data.copy(buf, 0, 0, Math.min(len, data.length));
+      if (data.length < len) buf.fill(0, data.length, len);
+    } else {
+      buf.fill(0, 0, len);
+    }
+  };
+  const close = () => {
+    if (cur < 0) return;
+    sink.put(cur, slot, Math.min(cs, rec.size_bytes - cur * cs));
+    changed++;
+    cur = -1;
+  };
+  try {
+    for await (const ext of source.changes(parent?.change_token ?? null)) {
+      if (sink.failed) break;
+      check();
+      for (let pos = ext.offset; pos < ext.offset + ext.length; ) {
+        const i = Math.floor(pos / cs);
+        if (i >= count) throw new Error(`change at offset ${pos} is beyond the volume size ${rec.size_bytes}`);
+        if (i !== cur) {
+          close();
+          await open(i);
+        }
+        const end = Math.min(ext.offset + ext.length, (i + 1) * cs);
+        const buf = sink.buffer(slot);
+        if (ext.data) ext.data.copy(buf, pos - i * cs, pos - ext.offset, end - ext.offset);
+        else buf.fill(0, pos - i * cs, end - i * cs);
+        pos = end;
+      }
+      progress?.(source.bytesRead, Math.max(source.bytesRead, 1));
+    }
+    close();
+  } catch (e) {
+    if (cur >= 0) sink.discard(slot);
+    await sink.settle();
+    throw e;
+  }
+  const root = await sink.finish();
+  const out = recountFromMap(app, { ...rec, ...sink.stats, bytes_read: source.bytesRead, change_token: source.token, notes: [...rec.notes, ...source.notes] }, root);
+  out.notes.push(`${changed} of ${count} chunks changed`);
+  return finishRecord(app, out, root);
+}
+
+async function finishRecord(app: Appliance, rec: BackupRecord, root: Buffer): Promise<{ rec: BackupRecord; root: Buffer }> {
+  if (app.catalog.backups.get(rec.id)?.status !== 'creating') throw new BackupCancelled(rec.id);
+  const out: BackupRecord = { ...rec, updated_at: now() };
+  await app.repo.putManifest(rec.id, encodeManifest(app.repo.config.id, out, app.catalog.volume(rec.volume_id), root));
   return { rec: out, root };
 }
 
-/** After a change-source incremental, object_count and data_bytes describe the whole map. */
+/** After a change-source backup, object_count and data_bytes describe the whole map. */
 function recountFromMap(app: Appliance, rec: BackupRecord, root: Buffer): BackupRecord {
   const count = Math.ceil(rec.size_bytes / rec.chunk_size);
   const r = new MapReader(root, count, app.catalog.loadPage);
@@ -212,26 +248,7 @@ function recountFromMap(app: Appliance, rec: BackupRecord, root: Buffer): Backup
   return { ...rec, object_count: objects, data_bytes: bytes };
 }
 
-async function storePage(app: Appliance, p: NewPage): Promise<void> {
-  if (app.catalog.pages.get(p.digest)) return;
-  await app.repo.putPage(p.digest, encodeChunk(p.bytes, app.repo.config.codec).object);
-  await app.catalog.pages.put(p.digest, p.bytes);
-}
-
 async function readFully(dev: { read(o: number, l: number): Promise<Buffer>; readInto?: (b: Buffer, o: number) => Promise<void> }, view: Buffer, offset: number): Promise<void> {
   if (dev.readInto) return dev.readInto(view, offset);
   (await dev.read(offset, view.length)).copy(view);
-}
-
-
-async function* changedChunks(ranges: AsyncIterable<{ offset: number; length: number }>, cs: number, count: number): AsyncIterable<number> {
-  let last = -1;
-  for await (const r of ranges) {
-    const first = Math.floor(r.offset / cs);
-    const end = Math.min(count, Math.ceil((r.offset + r.length) / cs));
-    for (let i = Math.max(first, last + 1); i < end; i++) {
-      last = i;
-      yield i;
-    }
-  }
 }

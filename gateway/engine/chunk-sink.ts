@@ -1,0 +1,152 @@
+/**
+ * Where a backup's chunks go: a bounded pool of chunk-sized buffers (the backup's memory
+ * bound), hashing and zero detection off the event loop, deduplication against the chunk
+ * index, compression and writing of unknown chunks, and the block map built page by page.
+ */
+import { MapBuilder, PAGE_ENTRIES, type NewPage } from '../../catalog/blockmap.js';
+import { CODEC_ID } from '../../drivers/codec.js';
+import { encodeChunk } from '../../drivers/chunk.js';
+import type { Appliance } from '../appliance.js';
+import { LowWater } from './pipeline.js';
+
+export interface SinkStats {
+  object_count: number;
+  new_chunks: number;
+  new_bytes: number;
+  data_bytes: number;
+}
+
+export class ChunkSink {
+  readonly stats: SinkStats = { object_count: 0, new_chunks: 0, new_bytes: 0, data_bytes: 0 };
+  private readonly slots: ArrayBuffer[];
+  private readonly free: number[];
+  private readonly waiters: ((slot: number) => void)[] = [];
+  private readonly writing = new Map<string, Promise<void>>();
+  private readonly inflight = new Set<Promise<void>>();
+  private readonly pages: Promise<void>[] = [];
+  private readonly low = new LowWater();
+  private failure: unknown;
+
+  /**
+   * @param sequential chunks are put in index order (a whole-volume read): finished map
+   *   pages are written as the backup goes instead of at the end
+   */
+  constructor(
+    private readonly app: Appliance,
+    readonly builder: MapBuilder,
+    readonly chunkSize: number,
+    depth: number,
+    private readonly sequential: boolean,
+    private readonly onChunk?: (i: number) => void,
+  ) {
+    this.slots = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize));
+    this.free = Array.from({ length: depth }, (_, i) => i);
+  }
+
+  /** the first error of any chunk so far; the producer should stop */
+  get failed(): boolean {
+    return this.failure !== undefined;
+  }
+
+  async acquire(): Promise<number> {
+    const slot = this.free.pop();
+    if (slot !== undefined) return slot;
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /** gives a slot back unused (its producer failed) */
+  discard(slot: number): void {
+    this.release(slot);
+  }
+
+  private release(slot: number): void {
+    const w = this.waiters.shift();
+    if (w) w(slot);
+    else this.free.push(slot);
+  }
+
+  /** a view of the slot's buffer, chunk-sized */
+  buffer(slot: number): Buffer {
+    return Buffer.from(this.slots[slot]!);
+  }
+
+  /** Takes the first `len` bytes of the slot as chunk i; returns at once, work goes on in the background. */
+  put(i: number, slot: number, len: number): void {
+    const job = this.store(i, slot, len)
+      .catch((e: unknown) => {
+        this.failure ??= e;
+      })
+      .finally(() => {
+        this.inflight.delete(job);
+        this.release(slot);
+      });
+    this.inflight.add(job);
+  }
+
+  private async store(i: number, slot: number, len: number): Promise<void> {
+    if (this.failure !== undefined) return;
+    const { catalog, repo, pool } = this.app;
+    const h = await pool.hash(this.slots[slot]!, len);
+    this.slots[slot] = h.buf;
+    if (h.zero) {
+      this.builder.set(i, null);
+    } else {
+      this.stats.object_count++;
+      this.stats.data_bytes += len;
+      if (!catalog.chunk(h.digest)) {
+        let w = this.writing.get(h.digest);
+        if (!w) {
+          w = (async () => {
+            const enc = await pool.encode(this.slots[slot]!, len, repo.config.codec);
+            this.slots[slot] = enc.buf;
+            await repo.putChunk(h.digest, enc.object);
+            // the index entry is added only once the object is durable
+            await catalog.chunks.put(h.digest, { s: enc.object.length, c: CODEC_ID[enc.codec], n: len });
+            this.stats.new_chunks++;
+            this.stats.new_bytes += enc.object.length;
+          })();
+          this.writing.set(h.digest, w);
+        }
+        await w;
+      }
+      this.builder.set(i, h.digest);
+    }
+    this.onChunk?.(i);
+    if (this.sequential) {
+      const lw = this.low.complete(i);
+      this.flushPages(this.builder.takeFinishedPages(Math.floor(lw / PAGE_ENTRIES)));
+    }
+  }
+
+  private flushPages(pages: NewPage[]): void {
+    for (const p of pages) this.pages.push(storePage(this.app, p));
+  }
+
+  /** stores a page (in the repository, then the catalog) unless it is known */
+  storePage(p: NewPage): Promise<void> {
+    const job = storePage(this.app, p);
+    this.pages.push(job);
+    return job;
+  }
+
+  /** waits for every chunk, writes the remaining pages; throws the first failure */
+  async finish(): Promise<Buffer> {
+    while (this.inflight.size) await Promise.all(this.inflight);
+    if (this.failure !== undefined) throw this.failure;
+    this.flushPages(this.builder.takeFinishedPages());
+    await Promise.all(this.pages);
+    return this.builder.finish();
+  }
+
+  /** waits for what is in flight, ignoring results (after a failure elsewhere) */
+  async settle(): Promise<void> {
+    while (this.inflight.size) await Promise.all(this.inflight);
+    await Promise.allSettled(this.pages);
+  }
+}
+
+async function storePage(app: Appliance, p: NewPage): Promise<void> {
+  if (app.catalog.pages.get(p.digest)) return;
+  await app.repo.putPage(p.digest, encodeChunk(p.bytes, app.repo.config.codec).object);
+  await app.catalog.pages.put(p.digest, p.bytes);
+}
