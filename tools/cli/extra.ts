@@ -2,7 +2,9 @@
 import type { Command } from 'commander';
 import type { Globals } from './commands.js';
 import { serveCommands } from './serve.js';
+import { mountCommands } from './mount.js';
 
 export function extraCommands(program: Command, g: () => Globals): void {
   serveCommands(program, g);
+  mountCommands(program, g);
 }
