@@ -39,6 +39,8 @@ export class Daemon {
     this.registry = new ExportRegistry((event, fields) => log.info({ event, ...fields }, event));
     this.backups = new BackupExports(app, this.chunks);
     this.registry.addSource(this.backups);
+    this.backups.onSaved = (id, name, error) =>
+      error ? log.error({ event: 'overlay-save-failed', name, error: error.message }, `saving overlay as ${name} failed: ${error.message}`) : log.info({ event: 'overlay-saved', backup: id, name }, `overlay saved as backup ${name}`);
     let tls: NbdTlsOptions | undefined;
     if (opts.tls) {
       tls = {

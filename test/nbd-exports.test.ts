@@ -102,3 +102,31 @@ test('serve shuts down cleanly on SIGTERM and removes its socket', async (t) => 
   t.false(fs.existsSync(d.socket));
   t.true(d.log.some((l) => l.includes('"event":"stopped"')));
 });
+
+test('export save keeps an overlay\'s writes as a new backup when its last client disconnects', async (t) => {
+  const c = await chain(t);
+  const d = await startDaemon(t, c.dataDir);
+  const refused = await cli(c.dataDir, ['export', 'save', 'disk@inc+overlay', '--name', 'patched']);
+  t.is(refused.code, 4, 'not attached yet');
+  const writer = run('/usr/bin/python3', [
+    '-c',
+    `import nbd,time\nh=nbd.NBD()\nh.connect_uri("${d.uri('disk@inc+overlay')}")\nh.pwrite(b"\\x77"*10000, 12345)\nh.flush()\ntime.sleep(2.5)\nh.shutdown()`,
+  ]);
+  await new Promise((r) => setTimeout(r, 1200));
+  const saved = await cliJson(c.dataDir, ['export', 'save', 'disk@inc+overlay', '--name', 'patched']);
+  t.is(saved.saved_as, 'patched');
+  await writer;
+  let b: Record<string, unknown> | undefined;
+  for (let i = 0; i < 100 && b?.status !== 'available'; i++) {
+    await new Promise((r) => setTimeout(r, 200));
+    b = (await cliJson<Record<string, unknown>[]>(c.dataDir, ['backup', 'list'])).find((x) => x.name === 'patched');
+  }
+  t.is(b?.status, 'available');
+  const expected = fs.readFileSync(c.img);
+  expected.fill(0x77, 12345, 12345 + 10000);
+  const exp = path.join(c.dir, 'expected.img');
+  fs.writeFileSync(exp, expected);
+  await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', exp, d.uri('disk@patched')]);
+  await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', c.img, d.uri('disk@inc')]);
+  t.true(d.log.some((l) => l.includes('"event":"overlay-saved"')));
+});

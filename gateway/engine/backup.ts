@@ -12,6 +12,7 @@ import { encodeManifest } from '../../catalog/manifest.js';
 import { type BackupRecord, now, sizeGiB } from '../../catalog/records.js';
 import { sha256 } from '../../drivers/chunk.js';
 import type { ChangeSource } from '../../drivers/volume/types.js';
+import type { BlockDevice } from '../../nbd/blockdev.js';
 import type { Appliance } from '../appliance.js';
 import { RepoChunkReader } from '../read/chunk-reader.js';
 import { ChunkSink } from './chunk-sink.js';
@@ -92,14 +93,14 @@ export async function startBackup(app: Appliance, opts: BackupOptions): Promise<
 }
 
 /** Runs a backup recorded by startBackup to `available` (or `error`). */
-export async function runBackup(app: Appliance, rec: BackupRecord, progress?: Progress): Promise<BackupRecord> {
+export async function runBackup(app: Appliance, rec: BackupRecord, progress?: Progress, from?: BlockDevice): Promise<BackupRecord> {
   const { catalog } = app;
   let source: ChangeSource | null = null;
   try {
     const driver = app.volumeDriver(catalog.volume(rec.volume_id));
-    source = (await driver.snapshotForBackup?.(rec.id)) ?? null;
+    source = from ? null : ((await driver.snapshotForBackup?.(rec.id)) ?? null);
     const parent = rec.parent_id ? catalog.backups.get(rec.parent_id) : undefined;
-    const done = source ? await copyChanges(app, rec, source, parent, progress) : await copyVolume(app, rec, progress);
+    const done = source ? await copyChanges(app, rec, source, parent, progress) : await copyVolume(app, rec, progress, from);
     const committed = catalog.commitBackup(done.rec, done.root);
     await source?.commit(parent?.change_token ?? null);
     return committed;
@@ -125,12 +126,13 @@ function cancelCheck(app: Appliance, id: string): () => void {
 }
 
 /** Whole-volume read: every chunk is read and hashed; only unknown ones are written. */
-async function copyVolume(app: Appliance, rec: BackupRecord, progress?: Progress): Promise<{ rec: BackupRecord; root: Buffer }> {
+async function copyVolume(app: Appliance, rec: BackupRecord, progress?: Progress, from?: BlockDevice): Promise<{ rec: BackupRecord; root: Buffer }> {
   const { catalog } = app;
+  if (from) rec = { ...rec, size_bytes: from.size, size: sizeGiB(from.size) };
   const cs = rec.chunk_size;
   const count = Math.ceil(rec.size_bytes / cs);
   const sink = new ChunkSink(app, new MapBuilder(count), cs, app.config.pipelineDepth, true);
-  const dev = await app.volumeDriver(catalog.volume(rec.volume_id)).open('read');
+  const dev = from ?? (await app.volumeDriver(catalog.volume(rec.volume_id)).open('read'));
   const check = cancelCheck(app, rec.id);
   let read = 0;
   try {
@@ -150,7 +152,7 @@ async function copyVolume(app: Appliance, rec: BackupRecord, progress?: Progress
     await sink.settle();
     throw e;
   } finally {
-    await dev.close?.();
+    if (!from) await dev.close?.();
   }
   const root = await sink.finish();
   return finishRecord(app, { ...rec, ...sink.stats, bytes_read: read }, root);

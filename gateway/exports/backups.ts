@@ -17,8 +17,16 @@ import { BackupDevice } from '../devices/backup-device.js';
 import { CowOverlay } from '../devices/overlay.js';
 import type { ChunkReader } from '../read/chunk-reader.js';
 import type { ExportSource } from './registry.js';
+import { runBackup, startBackup } from '../engine/backup.js';
 
 export const OVERLAY_SUFFIX = '+overlay';
+
+export interface OverlaySaveRequest {
+  name: string;
+  description: string;
+  requested_at: string;
+}
+export const overlaySaveKey = (backupId: string): string => `overlay-save:${backupId}`;
 
 /** The export name users see for a backup. */
 export function exportName(all: BackupRecord[], b: BackupRecord): string {
@@ -102,10 +110,32 @@ export class BackupExports implements ExportSource {
       if (o.dev !== dev) continue;
       if (--o.refs > 0) return;
       this.overlays.delete(id);
-      this.app.catalog.removeReaderLease(o.lease);
-      await o.dev.close();
+      try {
+        await this.saveIfRequested(id, o.dev);
+      } finally {
+        this.app.catalog.removeReaderLease(o.lease);
+        await o.dev.close();
+      }
     }
   }
+
+  /** `blockgate export save` asked for this overlay to become a backup when its last client left */
+  private async saveIfRequested(backupId: string, dev: CowOverlay): Promise<void> {
+    const key = overlaySaveKey(backupId);
+    const req = this.app.catalog.meta.get(key) as OverlaySaveRequest | undefined;
+    if (!req) return;
+    this.app.catalog.meta.removeSync(key);
+    const b = this.app.catalog.backups.get(backupId)!;
+    try {
+      const rec = await startBackup(this.app, { volume: b.volume_id, force: true, name: req.name, description: req.description || `saved from the overlay of backup ${b.id}` });
+      const done = await runBackup(this.app, rec, undefined, dev);
+      this.onSaved?.(done.id, req.name);
+    } catch (e) {
+      this.onSaved?.(null, req.name, e as Error);
+    }
+  }
+
+  onSaved?: (backupId: string | null, name: string, error?: Error) => void;
 
   async closeAll(): Promise<void> {
     for (const [id, o] of this.overlays) {

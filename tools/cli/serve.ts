@@ -3,9 +3,10 @@ import type { Command } from 'commander';
 import { Appliance } from '../../gateway/appliance.js';
 import { loadConfig } from '../../gateway/config.js';
 import { Daemon, makeLogger, nbdUris } from '../../gateway/daemon.js';
-import { BackupExports } from '../../gateway/exports/backups.js';
+import { BackupExports, OVERLAY_SUFFIX, type OverlaySaveRequest, overlaySaveKey } from '../../gateway/exports/backups.js';
+import { ConflictError, NotFoundError } from '../../catalog/catalog.js';
 import { type Globals, withApp } from './commands.js';
-import { printRows } from './output.js';
+import { printRecord, printRows } from './output.js';
 
 export type DaemonHook = (d: Daemon) => Promise<void> | void;
 const hooks: DaemonHook[] = [];
@@ -57,9 +58,26 @@ export function serveCommands(program: Command, g: () => Globals): void {
       log.info({ event: 'stopped' }, 'stopped');
     });
 
-  program
-    .command('export')
-    .description('NBD exports')
+  const exp = program.command('export').description('NBD exports');
+  exp
+    .command('save <export>')
+    .description('keep the writes of an attached +overlay export: saved as a new backup of the volume when its last client disconnects')
+    .requiredOption('--name <name>', 'name of the new backup')
+    .option('--description <text>')
+    .action((name: string, o: { name: string; description?: string }) =>
+      withApp(g(), async (app) => {
+        const src = new BackupExports(app, { read: () => Promise.reject(new Error('not for reading')) });
+        const b = name.endsWith(OVERLAY_SUFFIX) ? src.resolve(name.slice(0, -OVERLAY_SUFFIX.length)) : undefined;
+        if (!b) throw new NotFoundError('overlay export', name);
+        if (!app.catalog.readerLeases(b.id).some((l) => l.startsWith(`nbd-overlay:${b.id}`))) {
+          throw new ConflictError(`${name} is not attached: its writes live only while a client is connected (attach, write, then save before disconnecting)`);
+        }
+        const req: OverlaySaveRequest = { name: o.name, description: o.description ?? '', requested_at: new Date().toISOString() };
+        app.catalog.meta.putSync(overlaySaveKey(b.id), req);
+        printRecord(g().format, { export: name, backup: b.id, saved_as: o.name, when: 'the last client disconnects' });
+      }),
+    );
+  exp
     .command('list')
     .description('every export with its nbd:// and nbd+unix:// URIs')
     .action(() =>
