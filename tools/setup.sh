@@ -4,8 +4,8 @@
 # everything is present. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 mode="${1:---runtime}"
-runtime=(fuse3 libfuse2 e2fsprogs util-linux)
-testing=(qemu-utils libnbd-bin python3-libnbd nbdkit nbdfuse fio gdisk xfsprogs)
+runtime=(fuse3 libfuse2 e2fsprogs util-linux mount)
+testing=(qemu-utils libnbd-bin python3-libnbd nbdkit nbdfuse fio gdisk xfsprogs parted)
 bench=(restic borgbackup time)
 ceph=(ceph ceph-mon ceph-osd ceph-mgr radosgw ceph-common)
 pkgs=("${runtime[@]}")

@@ -111,13 +111,23 @@ export function buildSnapshot(volumes: VolumeRecord[], backups: BackupRecord[]):
     }
     v.recs.push(b);
   }
-  const nameCount = new Map<string, number>();
-  for (const v of vols.values()) nameCount.set(safeName(v.name), (nameCount.get(safeName(v.name)) ?? 0) + 1);
+  // volumes in the catalog keep their names; a deleted volume's backups take its old name
+  // unless a volume has it now
+  const live = new Set(volumes.map((v) => v.id));
+  const taken = new Set<string>();
+  const dirNames = new Map<string, string>();
+  const byAge = (a: { created: string; id: string }, b: { created: string; id: string }) => a.created.localeCompare(b.created) || a.id.localeCompare(b.id);
+  const all = [...vols.values()].sort(byAge);
+  for (const v of [...all.filter((x) => live.has(x.id)), ...all.filter((x) => !live.has(x.id))]) {
+    let name = safeName(v.name);
+    if (taken.has(name)) name = safeName(`${v.name}@${v.id.slice(0, 8)}`);
+    if (taken.has(name)) name = safeName(`${v.name}@${v.id}`);
+    taken.add(name);
+    dirNames.set(v.id, name);
+  }
   const snap: Snapshot = { volumes: new Map(), byId: new Map(), newest: new Date(0) };
-  const ordered = [...vols.values()].sort((a, b) => a.created.localeCompare(b.created) || a.id.localeCompare(b.id));
-  for (const v of ordered) {
-    const plain = safeName(v.name);
-    const dirName = nameCount.get(plain) === 1 && !snap.volumes.has(plain) ? plain : safeName(`${v.name}@${v.id.slice(0, 8)}`);
+  for (const v of all) {
+    const dirName = dirNames.get(v.id)!;
     const recs = v.recs.sort((a, b) => a.created_at.localeCompare(b.created_at) || a.id.localeCompare(b.id));
     const node: VolumeNode = { id: v.id, name: v.name, dirName, mtime: new Date(recs.at(-1)?.created_at ?? v.created), backups: new Map() };
     const names = backupDirNames(recs);
