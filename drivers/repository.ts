@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { DEFAULT_CHUNK, checkChunkSize } from './chunk.js';
 import { type CodecName, parseCodec } from './codec.js';
-import { ObjectNotFoundError, type ObjectStore } from './store/types.js';
+import { ObjectNotFoundError, type ObjectStore, type PutOptions } from './store/types.js';
 
 export const REPO_FORMAT = 1;
 
@@ -70,8 +70,8 @@ export class Repository {
     return this.config.chunkSize;
   }
 
-  putChunk(digest: string, object: Buffer): Promise<void> {
-    return this.store.put(fanout('chunks', digest), object);
+  putChunk(digest: string, object: Buffer, opts?: PutOptions): Promise<void> {
+    return this.store.put(fanout('chunks', digest), object, opts);
   }
   getChunk(digest: string): Promise<Buffer> {
     return this.store.get(fanout('chunks', digest));
@@ -86,8 +86,13 @@ export class Repository {
     }
   }
 
-  putPage(digest: string, object: Buffer): Promise<void> {
-    return this.store.put(fanout('pages', digest), object);
+  putPage(digest: string, object: Buffer, opts?: PutOptions): Promise<void> {
+    return this.store.put(fanout('pages', digest), object, opts);
+  }
+
+  /** makes deferred puts durable */
+  async sync(): Promise<void> {
+    await this.store.sync?.();
   }
   getPage(digest: string): Promise<Buffer> {
     return this.store.get(fanout('pages', digest));

@@ -6,13 +6,15 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { ObjectNotFoundError, type ObjectStore, checkObjectName } from './types.js';
+import { ObjectNotFoundError, type ObjectStore, type PutOptions, checkObjectName } from './types.js';
 
 const TMP_SUFFIX = '.tmp-';
 
 export class DirStore implements ObjectStore {
   readonly location: string;
   private readonly madeDirs = new Set<string>();
+  private readonly unsyncedFiles = new Set<string>();
+  private readonly unsyncedDirs = new Set<string>();
 
   constructor(readonly root: string) {
     this.root = path.resolve(root);
@@ -23,7 +25,7 @@ export class DirStore implements ObjectStore {
     return path.join(this.root, checkObjectName(name));
   }
 
-  async put(name: string, data: Buffer): Promise<void> {
+  async put(name: string, data: Buffer, opts: PutOptions = {}): Promise<void> {
     const file = this.file(name);
     const dir = path.dirname(file);
     if (!this.madeDirs.has(dir)) {
@@ -34,7 +36,7 @@ export class DirStore implements ObjectStore {
     const fh = await fs.open(tmp, 'wx');
     try {
       await fh.writeFile(data);
-      await fh.sync();
+      if (!opts.deferSync) await fh.datasync();
     } catch (e) {
       await fh.close();
       await fs.rm(tmp, { force: true });
@@ -47,7 +49,29 @@ export class DirStore implements ObjectStore {
       await fs.rm(tmp, { force: true });
       throw storeError(e, this.location, name);
     }
-    await syncDir(dir);
+    if (opts.deferSync) {
+      this.unsyncedFiles.add(file);
+      this.unsyncedDirs.add(dir);
+    } else {
+      await syncDir(dir);
+    }
+  }
+
+  /** fsyncs every object put with deferSync, then their directories (so the renames are durable too) */
+  async sync(): Promise<void> {
+    const files = [...this.unsyncedFiles];
+    const dirs = [...this.unsyncedDirs];
+    this.unsyncedFiles.clear();
+    this.unsyncedDirs.clear();
+    await inParallel(files, 16, async (f) => {
+      const fh = await fs.open(f, 'r');
+      try {
+        await fh.datasync();
+      } finally {
+        await fh.close();
+      }
+    });
+    await inParallel(dirs, 16, syncDir);
   }
 
   async get(name: string): Promise<Buffer> {
@@ -92,6 +116,14 @@ async function* walk(root: string, dir: string): AsyncIterable<string> {
     if (ent.isDirectory()) yield* walk(root, full);
     else if (ent.isFile() && !ent.name.includes(TMP_SUFFIX)) yield path.relative(root, full).split(path.sep).join('/');
   }
+}
+
+async function inParallel<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
 async function syncDir(dir: string): Promise<void> {

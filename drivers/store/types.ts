@@ -7,8 +7,13 @@
 export interface ObjectStore {
   /** human-readable location, without secrets (e.g. "dir:/srv/repo", "s3://bucket/prefix") */
   readonly location: string;
-  /** atomically create or replace an object: readers see the old or the new bytes, never a part */
-  put(name: string, data: Buffer): Promise<void>;
+  /**
+   * atomically create or replace an object: readers see the old or the new bytes, never a
+   * part. Durable on return, unless `deferSync` is set: then durable after the next sync().
+   */
+  put(name: string, data: Buffer, opts?: PutOptions): Promise<void>;
+  /** makes every put with deferSync so far durable (a no-op for stores whose puts always are) */
+  sync?(): Promise<void>;
   /** the whole object; throws ObjectNotFoundError if absent */
   get(name: string): Promise<Buffer>;
   has(name: string): Promise<boolean>;
@@ -17,6 +22,11 @@ export interface ObjectStore {
   /** names (full, relative to the store) under prefix, in no particular order */
   list(prefix: string): AsyncIterable<string>;
   close?(): Promise<void>;
+}
+
+export interface PutOptions {
+  /** skip the per-object flush; a later sync() makes it durable (batching many puts) */
+  deferSync?: boolean;
 }
 
 export class ObjectNotFoundError extends Error {

@@ -7,6 +7,7 @@ import { MapBuilder, PAGE_ENTRIES, type NewPage } from '../../catalog/blockmap.j
 import { CODEC_ID } from '../../drivers/codec.js';
 import { encodeChunk } from '../../drivers/chunk.js';
 import type { Appliance } from '../appliance.js';
+import type { ChunkInfo } from '../../catalog/catalog.js';
 import { LowWater } from './pipeline.js';
 
 export interface SinkStats {
@@ -26,6 +27,8 @@ export class ChunkSink {
   private readonly pages: Promise<void>[] = [];
   private readonly low = new LowWater();
   private failure: unknown;
+  private readonly unindexed: [string, ChunkInfo][] = [];
+  private readonly unstoredPages = new Map<string, Buffer>();
 
   /**
    * @param sequential chunks are put in index order (a whole-volume read): finished map
@@ -99,9 +102,9 @@ export class ChunkSink {
           w = (async () => {
             const enc = await pool.encode(this.slots[slot]!, len, repo.config.codec);
             this.slots[slot] = enc.buf;
-            await repo.putChunk(h.digest, enc.object);
-            // the index entry is added only once the object is durable
-            await catalog.chunks.put(h.digest, { s: enc.object.length, c: CODEC_ID[enc.codec], n: len });
+            // durable in one batch at the end; the index entry is added only after that
+            await repo.putChunk(h.digest, enc.object, { deferSync: true });
+            this.unindexed.push([h.digest, { s: enc.object.length, c: CODEC_ID[enc.codec], n: len }]);
             this.stats.new_chunks++;
             this.stats.new_bytes += enc.object.length;
           })();
@@ -119,23 +122,36 @@ export class ChunkSink {
   }
 
   private flushPages(pages: NewPage[]): void {
-    for (const p of pages) this.pages.push(storePage(this.app, p));
+    for (const p of pages) this.storePage(p);
   }
 
-  /** stores a page (in the repository, then the catalog) unless it is known */
+  /** stores a page in the repository unless it is known; it is indexed at finish() */
   storePage(p: NewPage): Promise<void> {
-    const job = storePage(this.app, p);
+    if (this.app.catalog.pages.get(p.digest) || this.unstoredPages.has(p.digest)) return Promise.resolve();
+    this.unstoredPages.set(p.digest, p.bytes);
+    const job = this.app.repo.putPage(p.digest, encodeChunk(p.bytes, this.app.repo.config.codec).object, { deferSync: true });
     this.pages.push(job);
     return job;
   }
 
-  /** waits for every chunk, writes the remaining pages; throws the first failure */
+  /**
+   * Waits for every chunk and writes the remaining pages; then makes every object durable
+   * (one sync of the store) and only then indexes chunks and pages in one transaction.
+   * Throws the first failure, leaving only unindexed objects for GC.
+   */
   async finish(): Promise<Buffer> {
     while (this.inflight.size) await Promise.all(this.inflight);
     if (this.failure !== undefined) throw this.failure;
     this.flushPages(this.builder.takeFinishedPages());
     await Promise.all(this.pages);
-    return this.builder.finish();
+    const root = this.builder.finish();
+    await this.app.repo.sync();
+    const { catalog } = this.app;
+    await catalog.env.transaction(() => {
+      for (const [d, info] of this.unindexed) catalog.chunks.put(d, info);
+      for (const [d, bytes] of this.unstoredPages) catalog.pages.put(d, bytes);
+    });
+    return root;
   }
 
   /** waits for what is in flight, ignoring results (after a failure elsewhere) */
@@ -143,10 +159,4 @@ export class ChunkSink {
     while (this.inflight.size) await Promise.all(this.inflight);
     await Promise.allSettled(this.pages);
   }
-}
-
-async function storePage(app: Appliance, p: NewPage): Promise<void> {
-  if (app.catalog.pages.get(p.digest)) return;
-  await app.repo.putPage(p.digest, encodeChunk(p.bytes, app.repo.config.codec).object);
-  await app.catalog.pages.put(p.digest, p.bytes);
 }
