@@ -9,11 +9,11 @@ import type { CodecName } from '../codec.js';
 
 export type ChunkTask =
   | { id: number; op: 'hash'; buf: ArrayBuffer; length: number }
-  | { id: number; op: 'encode'; buf: ArrayBuffer; length: number; codec: CodecName }
+  | { id: number; op: 'encode'; buf: ArrayBuffer; length: number; codec: CodecName; out: ArrayBuffer }
   | { id: number; op: 'decode'; object: ArrayBuffer; offset: number; length: number; digest: string };
 
 export type ChunkResult =
-  | { id: number; ok: true; buf?: ArrayBuffer; digest?: string; zero?: boolean; object?: ArrayBuffer; codec?: CodecName; plain?: ArrayBuffer }
+  | { id: number; ok: true; buf?: ArrayBuffer; digest?: string; zero?: boolean; out?: ArrayBuffer; outLength?: number; codec?: CodecName; plain?: ArrayBuffer }
   | { id: number; ok: false; error: string; name: string };
 
 function own(b: Buffer): ArrayBuffer {
@@ -32,10 +32,11 @@ parentPort!.on('message', (t: ChunkTask) => {
       const digest = zero ? '' : sha256(data).toString('hex');
       parentPort!.postMessage({ id: t.id, ok: true, buf: t.buf, digest, zero } satisfies ChunkResult, [t.buf]);
     } else if (t.op === 'encode') {
+      // the object is copied into the caller's output buffer, so the caller makes no garbage
       const enc = encodeChunk(Buffer.from(t.buf, 0, t.length), t.codec);
-      const object = own(enc.object);
-      const transfer = object === t.buf ? [t.buf] : [t.buf, object];
-      parentPort!.postMessage({ id: t.id, ok: true, buf: t.buf, object, codec: enc.codec } satisfies ChunkResult, transfer);
+      if (enc.object.length > t.out.byteLength) throw new Error(`encoded chunk (${enc.object.length} bytes) exceeds the output buffer`);
+      enc.object.copy(Buffer.from(t.out));
+      parentPort!.postMessage({ id: t.id, ok: true, buf: t.buf, out: t.out, outLength: enc.object.length, codec: enc.codec } satisfies ChunkResult, [t.buf, t.out]);
     } else {
       const plain = own(decodeChunk(Buffer.from(t.object, t.offset, t.length), t.digest));
       const transfer = plain === t.object ? [plain] : [plain, t.object];

@@ -73,10 +73,13 @@ export class ChunkWorkerPool {
     return { buf: r.buf!, digest: r.digest!, zero: r.zero! };
   }
 
-  /** A chunk object for buf[0..length); buf is transferred and handed back. */
-  async encode(buf: ArrayBuffer, length: number, codec: CodecName): Promise<{ buf: ArrayBuffer; object: Buffer; codec: CodecName }> {
-    const r = await this.run({ op: 'encode', buf, length, codec }, [buf]);
-    return { buf: r.buf!, object: Buffer.from(r.object!), codec: r.codec! };
+  /**
+   * Encodes buf[0..length) as a chunk object into `out` (at least length + CHUNK_HEADER
+   * bytes); both are transferred and handed back, so nothing is allocated per chunk.
+   */
+  async encode(buf: ArrayBuffer, length: number, codec: CodecName, out: ArrayBuffer): Promise<{ buf: ArrayBuffer; out: ArrayBuffer; object: Buffer; codec: CodecName }> {
+    const r = await this.run({ op: 'encode', buf, length, codec, out }, [buf, out]);
+    return { buf: r.buf!, out: r.out!, object: Buffer.from(r.out!, 0, r.outLength!), codec: r.codec! };
   }
 
   /** Decodes and verifies a chunk object; throws ChunkCorruptError on a mismatch. */

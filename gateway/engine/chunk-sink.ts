@@ -5,7 +5,7 @@
  */
 import { MapBuilder, PAGE_ENTRIES, type NewPage } from '../../catalog/blockmap.js';
 import { CODEC_ID } from '../../drivers/codec.js';
-import { encodeChunk } from '../../drivers/chunk.js';
+import { CHUNK_HEADER, encodeChunk } from '../../drivers/chunk.js';
 import type { Appliance } from '../appliance.js';
 import type { ChunkInfo } from '../../catalog/catalog.js';
 import { LowWater } from './pipeline.js';
@@ -20,6 +20,8 @@ export interface SinkStats {
 export class ChunkSink {
   readonly stats: SinkStats = { object_count: 0, new_chunks: 0, new_bytes: 0, data_bytes: 0 };
   private readonly slots: ArrayBuffer[];
+  /** one output buffer per slot for the encoded object */
+  private readonly outs: ArrayBuffer[];
   private readonly free: number[];
   private readonly waiters: ((slot: number) => void)[] = [];
   private readonly writing = new Map<string, Promise<void>>();
@@ -43,6 +45,7 @@ export class ChunkSink {
     private readonly onChunk?: (i: number) => void,
   ) {
     this.slots = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize));
+    this.outs = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize + CHUNK_HEADER));
     this.free = Array.from({ length: depth }, (_, i) => i);
   }
 
@@ -100,8 +103,9 @@ export class ChunkSink {
         let w = this.writing.get(h.digest);
         if (!w) {
           w = (async () => {
-            const enc = await pool.encode(this.slots[slot]!, len, repo.config.codec);
+            const enc = await pool.encode(this.slots[slot]!, len, repo.config.codec, this.outs[slot]!);
             this.slots[slot] = enc.buf;
+            this.outs[slot] = enc.out;
             // durable in one batch at the end; the index entry is added only after that
             await repo.putChunk(h.digest, enc.object, { deferSync: true });
             this.unindexed.push([h.digest, { s: enc.object.length, c: CODEC_ID[enc.codec], n: len }]);
