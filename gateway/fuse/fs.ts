@@ -83,6 +83,9 @@ type Resolved =
   | { kind: 'part'; backup: BackupNode; number: number; offset: number; size: number };
 
 interface OpenFile {
+  /** the path and attributes at open: the path may be renamed or gone while it is open */
+  path: string;
+  stat: Stat;
   backupId?: string;
   /** image files */
   device?: BlockDevice;
@@ -234,6 +237,27 @@ export class CatalogFs {
     }
   }
 
+  /** attributes of an open file (by handle: its path may no longer lead to it) */
+  async fgetattr(path: string, fd: number): Promise<Stat> {
+    const f = this.files.get(fd);
+    return f ? f.stat : this.getattr(path);
+  }
+
+  /**
+   * getattr, but a path that no longer resolves while a file opened by it is still open
+   * answers with that file's attributes: the kernel asks by path (fstat included), and the
+   * file must keep working until it is closed.
+   */
+  async getattrOrOpen(path: string): Promise<Stat> {
+    try {
+      return await this.getattr(path);
+    } catch (e) {
+      if (!(e instanceof FsError) || e.code !== errno.ENOENT) throw e;
+      for (const f of this.files.values()) if (f.path === path) return f.stat;
+      throw e;
+    }
+  }
+
   async readdir(path: string): Promise<string[]> {
     const r = await this.resolve(path);
     if (r.kind !== 'dir') throw new FsError(errno.ENOTDIR, `${path}: not a directory`);
@@ -252,9 +276,11 @@ export class CatalogFs {
     const r = await this.resolve(path);
     if (r.kind === 'dir') throw new FsError(errno.EISDIR, `${path}: is a directory`);
     if (r.kind === 'link') throw new FsError(errno.EINVAL, `${path}: a symbolic link`);
+    const stat = await this.getattr(path);
     const fd = this.nextFd++;
     if (r.kind === 'json') {
-      this.files.set(fd, { bytes: this.json(r.backup) });
+      const bytes = this.json(r.backup);
+      this.files.set(fd, { path, stat: { ...stat, size: bytes.length }, bytes });
       return fd;
     }
     const id = r.backup.rec.id;
@@ -265,7 +291,7 @@ export class CatalogFs {
       if (!rec || !READABLE.has(rec.status)) throw new FsError(errno.ENOENT, `${path}: backup ${id} is ${rec?.status ?? 'gone'}`);
       let device: BlockDevice = this.device(rec);
       if (r.kind === 'part') device = new WindowDevice(device, r.offset, r.size);
-      this.files.set(fd, { backupId: id, device });
+      this.files.set(fd, { path, stat, backupId: id, device });
       return fd;
     } catch (e) {
       this.unlease(id);

@@ -14,10 +14,10 @@
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import Fuse, { type FuseOps } from 'fuse-native';
+import Fuse, { type FuseOps, type FuseOptions } from 'fuse-native';
 import { ConflictError, NotFoundError } from '../../catalog/catalog.js';
 import type { Appliance } from '../appliance.js';
-import { CatalogFs, FsError, errno, type CatalogFsOptions } from './fs.js';
+import { CatalogFs, FsError, errno, type CatalogFsOptions, type Stat } from './fs.js';
 
 export const FSTYPE = 'fuse.blockgate';
 /** the mount source names the serving process: "blockgate:<pid>" */
@@ -177,11 +177,52 @@ export async function prepareMountPoint(mountPoint: string): Promise<string | un
   return note;
 }
 
+/** fuse-native's stat layout (its getStatArray, which it does not export) */
+function statArray(st: Stat): Uint32Array {
+  const ints = new Uint32Array(18);
+  const put = (i: number, n: number) => {
+    ints[i] = n % 4294967296;
+    ints[i + 1] = (n - ints[i]!) / 4294967296;
+  };
+  ints[0] = st.mode;
+  ints[1] = st.uid;
+  ints[2] = st.gid;
+  put(3, st.size);
+  ints[6] = st.nlink;
+  ints[9] = st.blksize;
+  put(10, st.blocks);
+  put(12, st.atime.getTime());
+  put(14, st.mtime.getTime());
+  put(16, st.ctime.getTime());
+  return ints;
+}
+
 class ReadOnlyFuse extends Fuse {
+  constructor(
+    mnt: string,
+    ops: FuseOps,
+    opts: FuseOptions,
+    private readonly cfs: CatalogFs,
+    private readonly fail: (e: unknown) => number,
+  ) {
+    super(mnt, ops, opts);
+  }
+
   /** fuse-native has no option for "ro": add it to the options it builds */
   protected override _fuseOptions(): string {
     const o = super._fuseOptions();
     return o ? `${o},ro` : '-oro';
+  }
+
+  /**
+   * fuse-native 2.2.6 answers fgetattr with getattr(path), but an open file's path may have
+   * been renamed or removed from the tree since: answer from the open file's handle.
+   */
+  _op_fgetattr(signal: (code: number, st?: Uint32Array) => void, path: string, fd: number): void {
+    this.cfs.fgetattr(path, fd).then(
+      (st) => signal(0, statArray(st)),
+      (e) => signal(this.fail(e)),
+    );
   }
 }
 
@@ -220,7 +261,7 @@ export class FuseMount {
     const ops = fuseOps(cfs, opts.log);
     const mountWith = (autoUnmount: boolean) =>
       new Promise<Fuse>((resolve, reject) => {
-        const fuse = new ReadOnlyFuse(mp, ops, {
+        const options: FuseOptions = {
           autoUnmount,
           allowOther: allowOther(),
           defaultPermissions: true,
@@ -228,8 +269,9 @@ export class FuseMount {
           fsname: `${SOURCE_PREFIX}${process.pid}`,
           subtype: 'blockgate',
           debug: opts.debug,
-          timeout: { default: 30_000, read: 120_000, open: 60_000, readdir: 60_000, getattr: 60_000 },
-        });
+          timeout: { default: 30_000, read: 120_000, open: 60_000, readdir: 60_000, getattr: 60_000, fgetattr: 60_000 },
+        };
+        const fuse = new ReadOnlyFuse(mp, ops, options, cfs, errorCode(opts.log));
         fuse.mount((err) => (err ? reject(err) : resolve(fuse)));
       });
     let fuse: Fuse;
@@ -272,16 +314,20 @@ export class FuseMount {
 }
 
 /** the fuse-native operations over a CatalogFs: errno codes out, EROFS for anything that writes */
-export function fuseOps(cfs: CatalogFs, log?: (msg: string) => void): FuseOps {
-  const fail = (e: unknown): number => {
+function errorCode(log?: (msg: string) => void): (e: unknown) => number {
+  return (e) => {
     if (e instanceof FsError) return e.code;
     log?.(`unexpected error: ${(e as Error)?.stack ?? String(e)}`);
     return errno.EIO;
   };
+}
+
+export function fuseOps(cfs: CatalogFs, log?: (msg: string) => void): FuseOps {
+  const fail = errorCode(log);
   const rofs = (...args: unknown[]) => (args.at(-1) as (code: number) => void)(errno.EROFS);
   return {
-    getattr: (p, cb) => void cfs.getattr(p).then((st) => cb(0, st), (e) => cb(fail(e))),
-    fgetattr: (p, _fd, cb) => void cfs.getattr(p).then((st) => cb(0, st), (e) => cb(fail(e))),
+    getattr: (p, cb) => void cfs.getattrOrOpen(p).then((st) => cb(0, st), (e) => cb(fail(e))),
+    fgetattr: (p, fd, cb) => void cfs.fgetattr(p, fd).then((st) => cb(0, st), (e) => cb(fail(e))),
     readdir: (p, cb) => void cfs.readdir(p).then((names) => cb(0, names), (e) => cb(fail(e))),
     readlink: (p, cb) => void cfs.readlink(p).then((t) => cb(0, t), (e) => cb(fail(e))),
     open: (p, flags, cb) => void cfs.open(p, flags).then((fd) => cb(0, fd), (e) => cb(fail(e))),
