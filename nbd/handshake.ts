@@ -120,6 +120,7 @@ export async function negotiate(io: HandshakeIo, ctx: ServerContext): Promise<Ne
       continue;
     }
     const data = await io.reader.read(length);
+    io.log('option', { option: optionName(option), length });
 
     if (ctx.shuttingDown && option !== OPT.ABORT) {
       if (option === OPT.EXPORT_NAME) return null;
@@ -131,6 +132,7 @@ export async function negotiate(io: HandshakeIo, ctx: ServerContext): Promise<Ne
         io.log('refused', { reason: 'EXPORT_NAME without TLS while TLS is required' });
         return null;
       }
+      io.log('refused', { option: optionName(option), reason: 'TLS required' });
       error(option, REP.ERR_TLS_REQD, 'TLS is required: send NBD_OPT_STARTTLS first');
       continue;
     }
