@@ -7,6 +7,7 @@ import os from 'node:os';
 import { randomUUID } from 'node:crypto';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { MapReader, type PageLoader } from './blockmap.js';
+import { resumableRestores } from './sessions.js';
 import { type BackupRecord, type BackupStatus, type BackupView, type Owner, type VolumeRecord, isLive, now } from './records.js';
 
 export interface ChunkInfo {
@@ -247,6 +248,8 @@ export class Catalog {
    */
   recoverInterrupted(): BackupRecord[] {
     const settled: BackupRecord[] = [];
+    // an instant-restore session resumes when its daemon restarts: its backup and target stay as they are
+    const resumable = resumableRestores(this.env);
     this.env.transactionSync(() => {
       for (const { key, value } of this.locks.getRange({})) {
         if (!ownerAlive(value)) this.locks.removeSync(key);
@@ -256,7 +259,7 @@ export class Catalog {
         const why = `interrupted: the process running it (pid ${b.owner.pid}) ended before it finished`;
         let next: BackupRecord | undefined;
         if (b.status === 'creating') next = { ...b, status: 'error', fail_reason: why, owner: null };
-        else if (b.status === 'restoring') next = { ...b, status: 'available', owner: null };
+        else if (b.status === 'restoring' && !resumable.backups.has(b.id)) next = { ...b, status: 'available', owner: null };
         else if (b.status === 'deleting') next = { ...b, status: 'error_deleting', fail_reason: why, owner: null };
         if (next) {
           next.updated_at = now();
@@ -265,7 +268,7 @@ export class Catalog {
         }
       }
       for (const { value: v } of this.volumes.getRange({})) {
-        if (v.status === 'restoring-backup' && !this.anyRestoringInto(v.id)) {
+        if (v.status === 'restoring-backup' && !resumable.volumes.has(v.id) && !this.anyRestoringInto(v.id)) {
           this.volumes.putSync(v.id, { ...v, status: 'error_restoring', status_reason: 'the restore into it was interrupted', updated_at: now() });
         }
       }

@@ -11,6 +11,7 @@ import { createVolume, deleteVolume, setAttached } from '../../gateway/engine/vo
 import { repoInfo } from '../../gateway/engine/repo-info.js';
 import { parseSize } from '../../gateway/size.js';
 import { type Format, UsageError, printRecord, printRows, progressBar } from './output.js';
+import { type InstantRestoreOptions, instantRestore, instantRestoreOptions } from './instant.js';
 
 export interface Globals {
   dataDir?: string;
@@ -107,11 +108,11 @@ export function backupCommands(program: Command, g: () => Globals): void {
         printRecord(g().format, app.catalog.view(rec));
       }),
     );
-  bk.command('restore <backup> [volume]')
+  instantRestoreOptions(bk.command('restore <backup> [volume]'))
     .description('restore into an existing available volume (same size or larger), or into a new volume')
     .option('--name <name>', 'name of the new volume')
-    .action((ref: string, volume: string | undefined, o: { name?: string }) =>
-      withApp(g(), async (app) => {
+    .action((ref: string, volume: string | undefined, o: InstantRestoreOptions) =>
+      o.instant ? instantRestore(g(), ref, volume, o) : withApp(g(), async (app) => {
         const { backup, target } = await prepareRestore(app, { backup: ref, volume, newName: o.name });
         const bar = progressBar(`restore ${backup.name}`);
         try {
