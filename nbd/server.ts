@@ -40,7 +40,16 @@ export class NbdServer {
         verifyPeer: opts.tls.verifyPeer ?? ca !== undefined,
       };
     }
-    const log = opts.log ?? (() => {});
+    const userLog = opts.log;
+    const log = userLog
+      ? (event: string, fields: Record<string, unknown>) => {
+          try {
+            userLog(event, fields);
+          } catch {
+            // a failing logger must never take the server down
+          }
+        }
+      : () => {};
     this.ctx = {
       provider: opts.provider as ExportProvider,
       defaultExport: opts.defaultExport,
