@@ -103,6 +103,7 @@ test('qemu-io: write/read patterns, FUA, write-zeroes (fast and allocating), dis
   t.true(dev.counters.fuaWrites >= 1, 'FUA reached the device');
   t.true(dev.counters.zeroes >= 2);
   t.true(dev.counters.fastZeroes >= 1, 'write -z -n sent NBD_CMD_FLAG_FAST_ZERO');
+  t.true(dev.counters.noHoleZeroes >= 1, 'write -z without -u sent NBD_CMD_FLAG_NO_HOLE');
   t.true(dev.counters.trims >= 1, 'discard sent NBD_CMD_TRIM');
   t.true(dev.counters.flushes >= 1);
   // after trim, that whole range is a hole on this device
