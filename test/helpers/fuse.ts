@@ -41,6 +41,13 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
   }
 }
 
+/** mount servers still running when this test process ends (a crash skips teardowns) are
+ * killed; their auto_unmount helpers then take the mounts down */
+const servers = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const c of servers) c.kill('SIGKILL');
+});
+
 export interface MountProc {
   child: ChildProcess;
   pid: number;
@@ -58,7 +65,11 @@ export async function startMount(t: ExecutionContext, dataDir: string, mnt: stri
   child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
   let done = false;
-  void exited.then(() => (done = true));
+  servers.add(child);
+  void exited.then(() => {
+    done = true;
+    servers.delete(child);
+  });
   t.teardown(async () => {
     if (!done) {
       child.kill('SIGTERM');
@@ -107,9 +118,23 @@ export async function loopsUnder(dir: string): Promise<string[]> {
     .map(([dev]) => dev);
 }
 
-/** teardown for a whole test directory: every mount under it (deepest first), every loop on it */
+/** teardown for a whole test directory: browses opened in it, the servers of blockgate mounts
+ * under it, then every mount under it (deepest first) and every loop device on it */
 export function cleanupUnder(t: ExecutionContext, dir: string): void {
   t.teardown(async () => {
+    for (const m of await listMounts()) {
+      if (!m.mountPoint.startsWith(path.resolve(dir) + '/') || m.fstype !== 'fuse.blockgate') continue;
+      if (path.basename(m.mountPoint) === '.fuse') await cli(dir, ['browse', '--close', path.dirname(m.mountPoint)]);
+      const pid = servingPid(m);
+      if (pid && (await findMount(m.mountPoint))) {
+        try {
+          process.kill(pid, 'SIGTERM');
+        } catch {
+          /* gone */
+        }
+        await waitFor('the mount server to stop', async () => !(await findMount(m.mountPoint)), 5000).catch(() => undefined);
+      }
+    }
     for (let round = 0; round < 3; round++) {
       const mounts = (await listMounts()).filter((m) => m.mountPoint.startsWith(path.resolve(dir) + '/')).map((m) => m.mountPoint);
       if (!mounts.length) break;

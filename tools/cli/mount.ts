@@ -79,6 +79,8 @@ export function mountCommands(program: Command, g: () => Globals): void {
         await m.close();
         say(`unmounted ${mp} (${why})`);
       });
+      // the FUSE binding keeps the event loop alive when the mount was taken away from under it
+      process.exit(0);
     });
 
   program
