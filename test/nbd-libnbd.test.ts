@@ -255,3 +255,19 @@ test('empty export name selects defaultExport (nbdinfo with no name), unix socke
   t.not(unknown.code, 0);
   t.regex(unknown.stderr, /No such file|unknown export|ENOENT|not/i);
 });
+
+test('nbdsh (with the system python first on PATH) reads the export and sees its capabilities', async (t) => {
+  const a = loaded(17, 4 * MiB);
+  const h = await startServer(t, { a: { device: a.dev } });
+  // /usr/bin/nbdsh runs `python3 -mnbd`: the pyenv python has no nbd module, the system one does
+  const env = { ...process.env, PATH: `/usr/bin:/bin:${process.env['PATH'] ?? ''}` };
+  const out = await runOk('/usr/bin/nbdsh', [
+    '-u', h.uri('a'),
+    '-c', 'import hashlib',
+    '-c', 'print(h.get_size(), h.can_multi_conn(), h.get_structured_replies_negotiated())',
+    '-c', 'print(hashlib.sha256(h.pread(h.get_size(), 0)).hexdigest())',
+  ], { env });
+  const [caps, hash] = out.trim().split('\n');
+  t.is(caps, `${4 * MiB} True True`);
+  t.is(hash, sha256(a.data));
+});
