@@ -76,6 +76,15 @@ export class Repository {
   getChunk(digest: string): Promise<Buffer> {
     return this.store.get(fanout('chunks', digest));
   }
+  /** reads a chunk object into `into`; returns its length */
+  async getChunkInto(digest: string, into: Buffer): Promise<number> {
+    const name = fanout('chunks', digest);
+    if (this.store.getInto) return this.store.getInto(name, into);
+    const obj = await this.store.get(name);
+    if (obj.length > into.length) throw new Error(`chunk object ${digest} is larger than a chunk can be`);
+    obj.copy(into);
+    return obj.length;
+  }
   deleteChunk(digest: string): Promise<void> {
     return this.store.delete(fanout('chunks', digest));
   }

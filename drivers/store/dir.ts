@@ -83,6 +83,31 @@ export class DirStore implements ObjectStore {
     }
   }
 
+  async getInto(name: string, into: Buffer): Promise<number> {
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(this.file(name), 'r');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new ObjectNotFoundError(name, this.location);
+      throw storeError(e, this.location, name);
+    }
+    try {
+      let n = 0;
+      for (;;) {
+        const { bytesRead } = await fh.read(into, n, into.length - n, n);
+        if (bytesRead === 0) return n;
+        n += bytesRead;
+        if (n === into.length) {
+          const probe = await fh.read(Buffer.alloc(1), 0, 1, n);
+          if (probe.bytesRead) throw new Error(`object ${name} is larger than ${into.length} bytes`);
+          return n;
+        }
+      }
+    } finally {
+      await fh.close();
+    }
+  }
+
   async has(name: string): Promise<boolean> {
     try {
       await fs.access(this.file(name));

@@ -16,6 +16,8 @@ export interface ObjectStore {
   sync?(): Promise<void>;
   /** the whole object; throws ObjectNotFoundError if absent */
   get(name: string): Promise<Buffer>;
+  /** reads the whole object into `into` and returns its length (optional; faster, no allocation) */
+  getInto?(name: string, into: Buffer): Promise<number>;
   has(name: string): Promise<boolean>;
   /** removes the object; absent is not an error */
   delete(name: string): Promise<void>;

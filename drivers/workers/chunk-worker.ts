@@ -10,7 +10,7 @@ import type { CodecName } from '../codec.js';
 export type ChunkTask =
   | { id: number; op: 'hash'; buf: ArrayBuffer; length: number }
   | { id: number; op: 'encode'; buf: ArrayBuffer; length: number; codec: CodecName; out: ArrayBuffer }
-  | { id: number; op: 'decode'; object: ArrayBuffer; offset: number; length: number; digest: string };
+  | { id: number; op: 'decode'; object: ArrayBuffer; offset: number; length: number; digest: string; out?: ArrayBuffer };
 
 export type ChunkResult =
   | { id: number; ok: true; buf?: ArrayBuffer; digest?: string; zero?: boolean; out?: ArrayBuffer; outLength?: number; codec?: CodecName; plain?: ArrayBuffer }
@@ -37,6 +37,12 @@ parentPort!.on('message', (t: ChunkTask) => {
       if (enc.object.length > t.out.byteLength) throw new Error(`encoded chunk (${enc.object.length} bytes) exceeds the output buffer`);
       enc.object.copy(Buffer.from(t.out));
       parentPort!.postMessage({ id: t.id, ok: true, buf: t.buf, out: t.out, outLength: enc.object.length, codec: enc.codec } satisfies ChunkResult, [t.buf, t.out]);
+    } else if (t.out) {
+      // decode into the caller's buffer and hand both back: no allocation on the caller's side
+      const plain = decodeChunk(Buffer.from(t.object, t.offset, t.length), t.digest);
+      if (plain.length > t.out.byteLength) throw new Error(`chunk ${t.digest} (${plain.length} bytes) exceeds the output buffer`);
+      plain.copy(Buffer.from(t.out));
+      parentPort!.postMessage({ id: t.id, ok: true, buf: t.object, out: t.out, outLength: plain.length } satisfies ChunkResult, [t.object, t.out]);
     } else {
       const plain = own(decodeChunk(Buffer.from(t.object, t.offset, t.length), t.digest));
       const transfer = plain === t.object ? [plain] : [plain, t.object];

@@ -98,6 +98,15 @@ export class ChunkWorkerPool {
     return Buffer.from(r.plain!);
   }
 
+  /**
+   * Decodes and verifies object[0..length) into `out`; both buffers are transferred and
+   * handed back. Returns the plaintext as a view of `out`.
+   */
+  async decodeInto(object: ArrayBuffer, length: number, digest: string, out: ArrayBuffer): Promise<{ object: ArrayBuffer; out: ArrayBuffer; plain: Buffer }> {
+    const r = await this.run({ op: 'decode', object, offset: 0, length, digest, out }, [object, out]);
+    return { object: r.buf!, out: r.out!, plain: Buffer.from(r.out!, 0, r.outLength!) };
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     for (const t of this.queue.splice(0)) t.pending.reject(new Error('worker pool closed'));

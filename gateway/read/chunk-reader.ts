@@ -5,6 +5,7 @@
  * CachedChunkReader does).
  */
 import type { Repository } from '../../drivers/repository.js';
+import { CHUNK_HEADER } from '../../drivers/chunk.js';
 import type { ChunkWorkerPool } from '../../drivers/workers/pool.js';
 
 export interface ChunkReader {
@@ -17,6 +18,38 @@ export class RepoChunkReader implements ChunkReader {
   async read(digest: string): Promise<Buffer> {
     const object = await this.repo.getChunk(digest);
     return this.pool.decode(object, digest);
+  }
+}
+
+/**
+ * Reads chunks into a fixed set of buffer pairs (object, plaintext), for bulk readers such
+ * as restore: memory is `depth` x 2 chunks, and nothing is allocated per chunk.
+ */
+export class SlotChunkReader {
+  private readonly objects: ArrayBuffer[];
+  private readonly outs: ArrayBuffer[];
+
+  constructor(private readonly repo: Repository, private readonly pool: ChunkWorkerPool, private readonly chunkSize: number, depth: number) {
+    this.objects = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize + CHUNK_HEADER));
+    this.outs = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize));
+  }
+
+  /** the verified plaintext, valid until the same slot is used again */
+  async read(digest: string, slot: number): Promise<Buffer> {
+    const n = await this.repo.getChunkInto(digest, Buffer.from(this.objects[slot]!));
+    const object = this.objects[slot]!;
+    const out = this.outs[slot]!;
+    try {
+      const r = await this.pool.decodeInto(object, n, digest, out);
+      this.objects[slot] = r.object;
+      this.outs[slot] = r.out;
+      return r.plain;
+    } catch (e) {
+      // a failed decode keeps the transferred buffers: replace them
+      if (object.byteLength === 0) this.objects[slot] = new ArrayBuffer(this.chunkSize + CHUNK_HEADER);
+      if (out.byteLength === 0) this.outs[slot] = new ArrayBuffer(this.chunkSize);
+      throw e;
+    }
   }
 }
 
