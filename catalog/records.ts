@@ -29,6 +29,9 @@ export interface VolumeRecord {
   updated_at: string;
   /** why status is error/error_restoring */
   status_reason?: string | null;
+  /** rbd: the cluster's ceph.conf and ceph user, when given at registration (else CEPH_CONF / defaults) */
+  ceph_conf?: string | null;
+  ceph_user?: string | null;
 }
 
 export interface BackupRecord {

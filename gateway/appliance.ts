@@ -10,13 +10,16 @@ import { DirStore } from '../drivers/store/dir.js';
 import type { ObjectStore } from '../drivers/store/types.js';
 import { ChunkWorkerPool } from '../drivers/workers/pool.js';
 import { FileVolume } from '../drivers/volume/file.js';
+import { RbdVolume } from '../drivers/volume/rbd.js';
 import type { VolumeDriver } from '../drivers/volume/types.js';
 import type { VolumeRecord } from '../catalog/records.js';
-import { type ApplianceConfig, type RepoDriverConfig, loadConfig } from './config.js';
+import { type ApplianceConfig, type RepoDriverConfig, type S3RepoConfig, loadConfig } from './config.js';
 
 export type StoreFactory = (cfg: RepoDriverConfig) => Promise<ObjectStore>;
 const storeFactories: Record<string, StoreFactory> = {
   dir: async (cfg) => new DirStore((cfg as { path: string }).path),
+  // S3 (issue 6): loaded on first use; retries long enough to ride out an endpoint restart
+  s3: async (cfg) => (await import('../drivers/store/s3.js')).S3Store.open({ maxAttempts: 8, retryBaseDelayMs: 200, retryMaxDelayMs: 10_000, ...(cfg as S3RepoConfig) }),
 };
 /** lets a driver module (S3) register itself without the core importing it */
 export function registerStoreDriver(name: string, f: StoreFactory): void {
@@ -32,6 +35,7 @@ export async function openStore(cfg: RepoDriverConfig): Promise<ObjectStore> {
 export type VolumeDriverFactory = (v: VolumeRecord) => VolumeDriver;
 const volumeFactories: Record<string, VolumeDriverFactory> = {
   file: (v) => new FileVolume(v.path),
+  rbd: (v) => new RbdVolume(v.path, { conf: v.ceph_conf, user: v.ceph_user }),
 };
 export function registerVolumeDriver(name: string, f: VolumeDriverFactory): void {
   volumeFactories[name] = f;

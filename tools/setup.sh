@@ -7,12 +7,12 @@ mode="${1:---runtime}"
 runtime=(fuse3 libfuse2 e2fsprogs util-linux mount)
 testing=(qemu-utils libnbd-bin python3-libnbd nbdkit nbdfuse fio gdisk xfsprogs parted)
 bench=(restic borgbackup time)
-ceph=(ceph ceph-mon ceph-osd ceph-mgr radosgw ceph-common)
+ceph=(ceph ceph-mon ceph-osd ceph-mgr radosgw ceph-common python3-rados python3-rbd)
 pkgs=("${runtime[@]}")
 case "$mode" in
   --runtime) ;;
   --test) pkgs+=("${testing[@]}" "${ceph[@]}") ;;
-  --bench) pkgs+=("${testing[@]}" "${bench[@]}") ;;
+  --bench) pkgs+=("${testing[@]}" "${bench[@]}" "${ceph[@]}") ;;
   --all) pkgs+=("${testing[@]}" "${bench[@]}" "${ceph[@]}") ;;
   *) echo "usage: tools/setup.sh [--runtime|--test|--bench|--all]" >&2; exit 2 ;;
 esac

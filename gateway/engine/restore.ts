@@ -63,7 +63,8 @@ export async function prepareRestore(app: Appliance, opts: RestoreOptions): Prom
 export async function runRestore(app: Appliance, backup: BackupRecord, target: VolumeRecord, progress?: Progress): Promise<VolumeRecord> {
   const { catalog } = app;
   try {
-    await copyBackup(app, backup, target, progress);
+    if (target.driver === 'rbd') await (await import('./restore-rbd.js')).restoreRbd(app, backup, target, progress); // rbd import-diff
+    else await copyBackup(app, backup, target, progress);
     return catalog.updateVolume(target.id, () => ({ status: 'available', status_reason: null }));
   } catch (e) {
     const reason = e instanceof Error ? e.message : String(e);

@@ -20,6 +20,10 @@ export interface CreateVolumeOptions {
   name: string;
   size?: number;
   file?: string;
+  /** an RBD image POOL/IMAGE (created when size is given), with its cluster's conf and user */
+  rbd?: string;
+  cephConf?: string;
+  cephUser?: string;
   projectId?: string;
   userId?: string;
 }
@@ -28,6 +32,10 @@ export async function createVolume(app: Appliance, opts: CreateVolumeOptions): P
   const name = checkVolumeName(opts.name);
   const ids = { project_id: opts.projectId ?? 'default', user_id: opts.userId ?? 'admin' };
   if (app.catalog.volumeNames.get(name) !== undefined) throw new ConflictError(`a volume named "${name}" already exists`);
+  if (opts.rbd) {
+    if (opts.file) throw new Error('give either --rbd or --file, not both');
+    return (await import('./restore-rbd.js')).createRbdVolume(app, name, { rbd: opts.rbd, size: opts.size, cephConf: opts.cephConf, cephUser: opts.cephUser }, ids);
+  }
   if (opts.file) {
     if (opts.size !== undefined) throw new Error('give either --size (a new volume) or --file (an existing image or device), not both');
     const file = path.resolve(opts.file);

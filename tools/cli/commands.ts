@@ -42,14 +42,17 @@ export function volumeCommands(program: Command, g: () => Globals): void {
   const vol = program.command('volume').description('volumes: raw image files, block devices (and RBD images)');
   vol
     .command('create')
-    .description('register an image file or block device (--file), or create a new sparse volume (--size)')
+    .description('register an image file or block device (--file) or an RBD image (--rbd), or create a new sparse volume (--size; with --rbd, a new RBD image)')
     .requiredOption('--name <name>', 'volume name')
     .option('--size <size>', 'size of a new volume, e.g. 10G')
     .option('--file <path>', 'existing raw image file or block device')
-    .action((o: { name: string; size?: string; file?: string }) =>
+    .option('--rbd <pool/image>', 'Ceph RBD image (created with --size, else it must exist)')
+    .option('--ceph-conf <file>', 'ceph.conf of the RBD cluster (default CEPH_CONF)')
+    .option('--ceph-user <id>', 'ceph user for the RBD cluster (default BLOCKGATE_CEPH_USER, else admin)')
+    .action((o: { name: string; size?: string; file?: string; rbd?: string; cephConf?: string; cephUser?: string }) =>
       withApp(g(), async (app) => {
-        if (!o.size && !o.file) throw new UsageError('volume create needs --size or --file');
-        printRecord(g().format, await createVolume(app, { name: o.name, size: o.size ? size(o.size) : undefined, file: o.file }));
+        if (!o.size && !o.file && !o.rbd) throw new UsageError('volume create needs --size, --file or --rbd');
+        printRecord(g().format, await createVolume(app, { name: o.name, size: o.size ? size(o.size) : undefined, file: o.file, rbd: o.rbd, cephConf: o.cephConf, cephUser: o.cephUser }));
       }),
     );
   vol.command('list').action(() => withApp(g(), async (app) => printRows(g().format, app.catalog.listVolumes() as never, VOLUME_COLS)));

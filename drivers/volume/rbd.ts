@@ -1,0 +1,369 @@
+/**
+ * Ceph RBD images as volumes, through the `rbd` command as Cinder's Ceph drivers do.
+ *
+ * - A volume is `POOL/IMAGE` of the cluster named by `conf` (else CEPH_CONF, else Ceph's
+ *   default search) as ceph user `user` (else BLOCKGATE_CEPH_USER, else Ceph's default,
+ *   client.admin). Names are checked before anything runs: no paths, spaces, '@' or
+ *   namespaces, exactly one '/'.
+ * - A backup never reads the image head: snapshotForBackup() takes a snapshot
+ *   `backup.<backup-id>.snap.<seconds>` and its change source streams
+ *   `rbd export-diff [--from-snap PARENT] POOL/IMAGE@SNAP -` through our diff codec, so a full
+ *   backup reads only allocated extents and an incremental only the extents that changed.
+ *   The parent's snapshot is removed once the new backup is committed; the new one is kept
+ *   for the next incremental. If the parent's snapshot has gone, the diff falls back to a full
+ *   one, the ranges it does not cover are reported as zeroes (so nothing of the parent's map
+ *   survives where the image is now unallocated), and a note says so on the record.
+ * - open() gives a random-access VolumeDevice (restore targets, instant restore) through a
+ *   small long-lived python3-rbd helper (rbd-io.ts); plain restores into an RBD image use
+ *   `rbd import-diff` instead (gateway/engine/restore-rbd.ts).
+ */
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import path from 'node:path';
+import { PassThrough } from 'node:stream';
+import { RbdDiffReader } from '../rbd/diff.js';
+import type { ChangedExtent, ChangeSource, VolumeDriver } from './types.js';
+import { RbdImageDevice } from './rbd-io.js';
+
+export interface RbdOptions {
+  /** ceph.conf of the cluster (default: CEPH_CONF, else Ceph's own search) */
+  conf?: string | null;
+  /** ceph user id without "client." (default: BLOCKGATE_CEPH_USER, else Ceph's default) */
+  user?: string | null;
+}
+
+export interface RbdSpec {
+  pool: string;
+  image: string;
+}
+
+/** An `rbd` command or an RBD image that failed; the message is one line, fit for users. */
+export class RbdError extends Error {
+  constructor(
+    message: string,
+    /** errno rbd reported, when it did (2 = no such image or snapshot) */
+    readonly errno?: number,
+  ) {
+    super(message);
+    this.name = 'RbdError';
+  }
+}
+
+const SEGMENT = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
+const SNAP_RE = /^[A-Za-z0-9_][A-Za-z0-9._:-]{0,254}$/;
+const USER_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/;
+
+/** Parses and checks "POOL/IMAGE". */
+export function parseRbdSpec(spec: string): RbdSpec {
+  const bad = (why: string): never => {
+    throw new RbdError(`invalid RBD image ${JSON.stringify(spec)}: ${why}; expected POOL/IMAGE made of letters, digits, '.', '_' and '-' (e.g. volumes/db1)`);
+  };
+  if (typeof spec !== 'string' || spec.length === 0) bad('empty');
+  const parts = spec.split('/');
+  if (parts.length !== 2) bad(parts.length < 2 ? 'no pool' : 'more than one "/" (namespaces and paths are not accepted)');
+  const [pool, image] = parts as [string, string];
+  for (const [what, s] of [['pool', pool], ['image', image]] as const) {
+    if (!s) bad(`empty ${what} name`);
+    if (s.includes('..')) bad(`"..", in the ${what} name`);
+    if (s.includes('@')) bad(`"@" in the ${what} name (snapshots are not volumes)`);
+    if (!SEGMENT.test(s)) bad(`the ${what} name ${JSON.stringify(s)} has characters outside [A-Za-z0-9._-] or is too long`);
+  }
+  return { pool, image };
+}
+
+export function checkSnapName(name: string): string {
+  if (!SNAP_RE.test(name) || name.includes('..')) throw new RbdError(`invalid RBD snapshot name ${JSON.stringify(name)}`);
+  return name;
+}
+
+/** `backup.<backup-id>.snap.<unix seconds with ms>`, Cinder's naming. */
+export function backupSnapName(backupId: string, at = Date.now()): string {
+  return checkSnapName(`backup.${backupId}.snap.${(at / 1000).toFixed(3)}`);
+}
+
+export const BACKUP_SNAP_RE = /^backup\.([0-9A-Za-z-]+)\.snap\.(\d+(?:\.\d+)?)$/;
+
+function resolveOptions(o: RbdOptions = {}): { conf?: string; user?: string } {
+  const conf = o.conf || undefined;
+  const user = o.user || process.env.BLOCKGATE_CEPH_USER || undefined;
+  if (conf !== undefined && (conf.includes('\0') || conf.startsWith('-'))) throw new RbdError(`invalid ceph.conf path ${JSON.stringify(conf)}`);
+  if (user !== undefined && !USER_RE.test(user.replace(/^client\./, ''))) throw new RbdError(`invalid ceph user ${JSON.stringify(user)}`);
+  return { ...(conf ? { conf: path.resolve(conf) } : {}), ...(user ? { user: user.replace(/^client\./, '') } : {}) };
+}
+
+/** The common arguments of every `rbd` run: cluster, user, and a bound on connecting. */
+export function rbdBaseArgs(o: { conf?: string; user?: string }): string[] {
+  return [...(o.conf ? ['--conf', o.conf] : []), ...(o.user ? ['--id', o.user] : []), '--client_mount_timeout', '30'];
+}
+
+/** The last meaningful line of rbd's stderr ("rbd: error opening image x: (2) No such file or directory"). */
+function lastLine(stderr: string): string {
+  const lines = stderr
+    .split('\n')
+    .map((l) => l.replace(/^\S+ \S+ [0-9a-f]+ -?\d+ /, '').trim()) // log prefixes of librados lines
+    .filter((l) => l && !/complete\.\.\.|^Creating snap|^Removing snap|^Importing|^Exporting/.test(l));
+  return (lines.at(-1) ?? '').replace(/^rbd: /, '').slice(0, 400);
+}
+
+function errnoOf(stderr: string): number | undefined {
+  const m = /\((\d+)\) [A-Z][^()\n]*$/m.exec(stderr);
+  return m ? Number(m[1]) : undefined;
+}
+
+interface Exit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stderr: string;
+}
+
+function waitExit(child: ChildProcessWithoutNullStreams, stderrOf: () => string): Promise<Exit> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      resolve({ code: child.exitCode, signal: child.signalCode, stderr: stderrOf() });
+      return;
+    }
+    child.once('close', (code, signal) => resolve({ code, signal, stderr: stderrOf() }));
+  });
+}
+
+export class RbdVolume implements VolumeDriver {
+  readonly kind = 'rbd' as const;
+  readonly pool: string;
+  readonly image: string;
+  private readonly o: { conf?: string; user?: string };
+
+  constructor(readonly spec: string, opts: RbdOptions = {}) {
+    ({ pool: this.pool, image: this.image } = parseRbdSpec(spec));
+    this.o = resolveOptions(opts);
+  }
+
+  /** conf and user as resolved (for a helper process or the record) */
+  get options(): { conf?: string; user?: string } {
+    return { ...this.o };
+  }
+
+  /** Starts `rbd ARGS` with the cluster arguments; stderr is collected (last 16 KiB). */
+  spawnRbd(args: string[], stdin: 'pipe' | 'ignore' = 'ignore'): { child: ChildProcessWithoutNullStreams; stderr: () => string; exit: Promise<Exit> } {
+    const child = spawn('rbd', [...rbdBaseArgs(this.o), ...args], { stdio: [stdin === 'pipe' ? 'pipe' : 'ignore', 'pipe', 'pipe'] }) as ChildProcessWithoutNullStreams;
+    let err = '';
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (err = (err + d).slice(-16384)));
+    let spawnError: Error | null = null;
+    child.on('error', (e) => (spawnError = e));
+    const exit = waitExit(child, () => (spawnError ? `${err}\n${(spawnError as Error).message}` : err));
+    return { child, stderr: () => err, exit };
+  }
+
+  /** Runs `rbd ARGS` to the end; its stdout, or an RbdError saying what failed. */
+  async run(args: string[], what: string): Promise<Buffer> {
+    const { child, exit } = this.spawnRbd(args);
+    const out: Buffer[] = [];
+    child.stdout.on('data', (d: Buffer) => out.push(d));
+    const r = await exit;
+    if (r.code !== 0) {
+      const spawnFail = /ENOENT/.test(r.stderr) && r.code === null ? 'the rbd command is not installed (Debian package ceph-common)' : lastLine(r.stderr);
+      throw new RbdError(`${what} failed: ${spawnFail || `rbd exited with ${r.code ?? r.signal}`}`, errnoOf(r.stderr));
+    }
+    return Buffer.concat(out);
+  }
+
+  private async info(spec: string): Promise<{ size: number; object_size?: number }> {
+    let out: Buffer;
+    try {
+      out = await this.run(['info', '--format', 'json', spec], `rbd info ${spec}`);
+    } catch (e) {
+      if (e instanceof RbdError && e.errno === 2) throw new RbdError(`RBD image ${spec} does not exist`, 2);
+      throw e;
+    }
+    const j = JSON.parse(out.toString('utf8')) as { size?: unknown; object_size?: number };
+    if (typeof j.size !== 'number' || !Number.isSafeInteger(j.size)) throw new RbdError(`rbd info ${spec}: no size in its answer`);
+    return { size: j.size, ...(j.object_size ? { object_size: j.object_size } : {}) };
+  }
+
+  async size(): Promise<number> {
+    return (await this.info(this.spec)).size;
+  }
+
+  async exists(): Promise<boolean> {
+    try {
+      await this.info(this.spec);
+      return true;
+    } catch (e) {
+      if (e instanceof RbdError && e.errno === 2) return false;
+      throw e;
+    }
+  }
+
+  /** `rbd create --size N` (bytes); refuses an existing image. */
+  static async create(spec: string, size: number, opts: RbdOptions = {}): Promise<RbdVolume> {
+    const v = new RbdVolume(spec, opts);
+    if (!Number.isSafeInteger(size) || size <= 0) throw new RbdError(`invalid size ${size} for a new RBD image`);
+    try {
+      await v.run(['create', '--size', `${size}B`, v.spec], `rbd create ${v.spec}`);
+    } catch (e) {
+      if (e instanceof RbdError && e.errno === 17) throw new RbdError(`RBD image ${v.spec} already exists`, 17);
+      throw e;
+    }
+    return v;
+  }
+
+  /** `rbd remove` (only for images blockgate just created and must roll back). */
+  async remove(): Promise<void> {
+    await this.run(['remove', '--no-progress', this.spec], `rbd remove ${this.spec}`);
+  }
+
+  /** True if the image head has no allocated extent (a fresh image: holes need no writing). */
+  async isEmpty(): Promise<boolean> {
+    const out = await this.run(['diff', '--whole-object', '--format', 'json', this.spec], `rbd diff ${this.spec}`);
+    const list = JSON.parse(out.toString('utf8') || '[]') as Array<{ exists?: string | boolean }>;
+    return !list.some((e) => e.exists === true || e.exists === 'true');
+  }
+
+  async snapshots(): Promise<string[]> {
+    const out = await this.run(['snap', 'ls', '--format', 'json', this.spec], `rbd snap ls ${this.spec}`);
+    return (JSON.parse(out.toString('utf8') || '[]') as Array<{ name: string }>).map((s) => s.name);
+  }
+
+  async createSnapshot(name: string): Promise<void> {
+    await this.run(['snap', 'create', '--no-progress', `${this.spec}@${checkSnapName(name)}`], `rbd snap create ${this.spec}@${name}`);
+  }
+
+  /** Removes a snapshot; one that is already gone is not an error. */
+  async removeSnapshot(name: string): Promise<void> {
+    try {
+      await this.run(['snap', 'rm', '--no-progress', `${this.spec}@${checkSnapName(name)}`], `rbd snap rm ${this.spec}@${name}`);
+    } catch (e) {
+      if (e instanceof RbdError && e.errno === 2) return;
+      throw e;
+    }
+  }
+
+  async snapshotSize(name: string): Promise<number> {
+    return (await this.info(`${this.spec}@${checkSnapName(name)}`)).size;
+  }
+
+  async open(mode: 'read' | 'write'): Promise<RbdImageDevice> {
+    return RbdImageDevice.open(this.pool, this.image, mode, this.o);
+  }
+
+  async snapshotForBackup(backupId: string): Promise<RbdChangeSource> {
+    const snap = backupSnapName(backupId);
+    await this.createSnapshot(snap);
+    try {
+      return new RbdChangeSource(this, snap, await this.snapshotSize(snap));
+    } catch (e) {
+      await this.removeSnapshot(snap).catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** The records of `rbd export-diff [--from-snap FROM] SPEC@SNAP -`, streamed and checked. */
+  async *exportDiff(snap: string, from: string | null): AsyncGenerator<{ type: 'size'; size: number } | { type: 'data'; offset: number; data: Buffer } | { type: 'zero'; offset: number; length: number }> {
+    const args = ['export-diff', '--no-progress', ...(from ? ['--from-snap', checkSnapName(from)] : []), `${this.spec}@${checkSnapName(snap)}`, '-'];
+    const what = `rbd export-diff ${from ? `--from-snap ${from} ` : ''}${this.spec}@${snap}`;
+    const { child, exit } = this.spawnRbd(args);
+    let finished = false;
+    try {
+      // through a PassThrough: Node resumes (and so drains into nothing) a child's stdout that
+      // has no 'readable' listener when the child exits, which a pull reader between two
+      // reads does not have; a pipe keeps every byte, with backpressure
+      const reader = new RbdDiffReader(child.stdout.pipe(new PassThrough({ highWaterMark: 1 << 20 })), { maxPieceSize: 4 << 20 });
+      try {
+        for await (const rec of reader) {
+          if (rec.type === 'size') yield { type: 'size', size: rec.size };
+          else if (rec.type === 'data') yield { type: 'data', offset: rec.offset, data: rec.data };
+          else if (rec.type === 'zero') yield { type: 'zero', offset: rec.offset, length: rec.length };
+        }
+      } catch (e) {
+        // a dying rbd truncates its stream: its own message says more than the codec's
+        const r = await Promise.race([exit, new Promise<null>((res) => setTimeout(() => res(null), 5000))]);
+        if (r && r.code !== 0) throw new RbdError(`${what} failed: ${lastLine(r.stderr) || `exit ${r.code ?? r.signal}`}`, errnoOf(r.stderr));
+        throw e;
+      }
+      const r = await exit;
+      finished = true;
+      if (r.code !== 0) throw new RbdError(`${what} failed: ${lastLine(r.stderr) || `exit ${r.code ?? r.signal}`}`, errnoOf(r.stderr));
+    } finally {
+      if (!finished && child.exitCode === null && child.signalCode === null) {
+        child.stdout.destroy();
+        child.kill('SIGTERM');
+      }
+    }
+  }
+}
+
+/** Largest zero extent handed to the engine when filling the gaps of a fall-back full diff. */
+const GAP_PIECE = 64 << 20;
+
+/**
+ * One backup's view of an RBD image: its snapshot, and the diff from the parent's snapshot
+ * (or a full one).
+ */
+export class RbdChangeSource implements ChangeSource {
+  readonly notes: string[] = [];
+  private read = 0;
+  private committed = false;
+
+  constructor(
+    private readonly vol: RbdVolume,
+    readonly token: string,
+    readonly size: number,
+  ) {}
+
+  get bytesRead(): number {
+    return this.read;
+  }
+
+  async *changes(since: string | null): AsyncIterable<ChangedExtent> {
+    let from = since;
+    let fillGaps = false;
+    if (from !== null) {
+      const known = SNAP_RE.test(from) && (await this.vol.snapshots()).includes(from);
+      if (!known) {
+        this.notes.push(
+          `the parent backup's snapshot ${this.vol.spec}@${from} no longer exists: this backup read the whole image (full export-diff of ${this.token}) instead of only the changes`,
+        );
+        from = null;
+        // the engine lays this diff over the parent's map: ranges the full diff leaves out
+        // (unallocated now) must read as zeroes, whatever the parent had there
+        fillGaps = true;
+      }
+    }
+    let pos = 0; // end of the last extent (for gap filling)
+    const gap = function* (end: number): Iterable<ChangedExtent> {
+      for (let o = pos; o < end; o += GAP_PIECE) yield { offset: o, length: Math.min(GAP_PIECE, end - o), data: null };
+    };
+    for await (const rec of this.vol.exportDiff(this.token, from)) {
+      if (rec.type === 'size') {
+        if (rec.size !== this.size) throw new RbdError(`rbd export-diff of ${this.vol.spec}@${this.token} reports size ${rec.size}, the snapshot is ${this.size} bytes`);
+        continue;
+      }
+      const offset = rec.offset;
+      const length = rec.type === 'data' ? rec.data.length : rec.length;
+      if (fillGaps && offset > pos) yield* gap(offset);
+      pos = offset + length;
+      if (rec.type === 'data') {
+        this.read += length;
+        yield { offset, length, data: rec.data };
+      } else {
+        yield { offset, length, data: null };
+      }
+    }
+    if (fillGaps && pos < this.size) yield* gap(this.size);
+  }
+
+  /** The new backup is committed: drop the parent's snapshot, keep ours. Never throws. */
+  async commit(parentToken: string | null): Promise<void> {
+    this.committed = true;
+    if (!parentToken || parentToken === this.token) return;
+    try {
+      await this.vol.removeSnapshot(parentToken);
+    } catch (e) {
+      this.notes.push(`could not remove the parent's snapshot ${this.vol.spec}@${parentToken}: ${(e as Error).message}`);
+    }
+  }
+
+  /** The backup failed: drop the snapshot made for it. */
+  async abort(): Promise<void> {
+    if (this.committed) return;
+    await this.vol.removeSnapshot(this.token);
+  }
+}

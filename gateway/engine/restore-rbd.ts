@@ -1,0 +1,177 @@
+/**
+ * RBD volumes in the engine: registering an image as a volume, and restoring any backup
+ * (of an RBD image or of a file) into an RBD image by diff, as Cinder's Ceph driver does.
+ *
+ * The restore streams an RBD diff built from the backup's block map into
+ * `rbd import-diff - POOL/IMAGE`: one 'w' record per data chunk, in order, with chunks
+ * fetched and verified `pipelineDepth` at a time ahead of the writer. Holes are not written
+ * into an image that has nothing allocated (a new one); into an image that holds data they
+ * become 'z' records (import-diff discards them), and so does everything past the backup
+ * when the target is larger. The diff's size is the target's, so a larger target keeps its
+ * size and reads as zeroes past the backup. No snapshot is left on the target.
+ */
+import { ConflictError } from '../../catalog/catalog.js';
+import type { BackupRecord, VolumeRecord } from '../../catalog/records.js';
+import { RbdDiffWriter } from '../../drivers/rbd/diff.js';
+import { RbdError, RbdVolume, parseRbdSpec } from '../../drivers/volume/rbd.js';
+import type { Appliance } from '../appliance.js';
+import { RepoChunkReader } from '../read/chunk-reader.js';
+import type { Progress } from './backup.js';
+import { BlockReadError, prepareRestore } from './restore.js';
+
+export interface RbdVolumeOptions {
+  /** POOL/IMAGE */
+  rbd: string;
+  /** create the image with this size (`rbd create`); absent: the image must exist */
+  size?: number;
+  cephConf?: string;
+  cephUser?: string;
+}
+
+/** Registers an RBD image as a volume (creating it first when a size is given). */
+export async function createRbdVolume(app: Appliance, name: string, opts: RbdVolumeOptions, ids: { project_id: string; user_id: string }): Promise<VolumeRecord> {
+  const { pool, image } = parseRbdSpec(opts.rbd);
+  const spec = `${pool}/${image}`;
+  const vol = new RbdVolume(spec, { conf: opts.cephConf, user: opts.cephUser });
+  let size: number;
+  let created = false;
+  if (opts.size !== undefined) {
+    if (await vol.exists()) throw new ConflictError(`RBD image ${spec} already exists; leave out --size to register it as it is`);
+    await RbdVolume.create(spec, opts.size, vol.options);
+    created = true;
+    size = opts.size;
+  } else {
+    try {
+      size = await vol.size();
+    } catch (e) {
+      if (e instanceof RbdError && e.errno === 2) throw new RbdError(`RBD image ${spec} does not exist; create it, or give --size to let blockgate create it`, 2);
+      throw e;
+    }
+  }
+  try {
+    // blockgate never removes an RBD image with its volume: managed stays false
+    return app.catalog.addVolume({
+      name,
+      driver: 'rbd',
+      path: spec,
+      size,
+      status: 'available',
+      managed: false,
+      ...ids,
+      ceph_conf: vol.options.conf ?? null,
+      ceph_user: vol.options.user ?? null,
+    });
+  } catch (e) {
+    if (created) await vol.remove().catch(() => undefined);
+    throw e;
+  }
+}
+
+/**
+ * Restore into a new RBD image made for it (`rbd create` of the backup's size), registered
+ * as volume `name`; then as prepareRestore. Nothing is left behind if it throws.
+ */
+export async function prepareRestoreToNewRbd(app: Appliance, opts: { backup: string; rbd: string; name: string; cephConf?: string; cephUser?: string }) {
+  const backup = app.catalog.backupRecord(opts.backup);
+  if (backup.status !== 'available') throw new ConflictError(`backup ${backup.id} is ${backup.status}; only an available backup can be restored`);
+  if (app.catalog.volumeNames.get(opts.name) !== undefined) throw new ConflictError(`a volume named "${opts.name}" already exists`);
+  const v = await createRbdVolume(app, opts.name, { rbd: opts.rbd, size: backup.size_bytes, cephConf: opts.cephConf, cephUser: opts.cephUser }, { project_id: backup.project_id, user_id: backup.user_id });
+  try {
+    return await prepareRestore(app, { backup: backup.id, volume: v.id });
+  } catch (e) {
+    app.catalog.removeVolume(v.id);
+    await new RbdVolume(v.path, { conf: v.ceph_conf, user: v.ceph_user }).remove().catch(() => undefined);
+    throw e;
+  }
+}
+
+/** Restores `backup` into the RBD image of `target` with `rbd import-diff`. */
+export async function restoreRbd(app: Appliance, backup: BackupRecord, target: VolumeRecord, progress?: Progress): Promise<void> {
+  const vol = app.volumeDriver(target);
+  if (!(vol instanceof RbdVolume)) throw new Error(`volume ${target.name} is not an RBD image`);
+  const size = await vol.size();
+  if (size < backup.size_bytes) {
+    throw new ConflictError(`volume ${target.name} is ${size} bytes, smaller than backup ${backup.id} (${backup.size_bytes} bytes); restore into a volume at least as large`);
+  }
+  const zeroHoles = !(await vol.isEmpty());
+  const map = app.catalog.mapReader(backup);
+  const reader = new RepoChunkReader(app.repo, app.pool);
+  const cs = backup.chunk_size;
+  const count = Math.ceil(backup.size_bytes / cs);
+  const lenOf = (i: number) => Math.min(cs, backup.size_bytes - i * cs);
+
+  // chunks fetched ahead of the writer, in order; a failed fetch is thrown when its turn comes
+  const depth = Math.max(1, app.config.pipelineDepth);
+  const ahead: Array<{ i: number; data: Promise<Buffer> }> = [];
+  let scan = 0;
+  const fill = () => {
+    while (ahead.length < depth && scan < count) {
+      const i = scan++;
+      const digest = map.entry(i);
+      if (!digest) continue;
+      const data = reader.read(digest).then(
+        (d) => {
+          if (d.length !== lenOf(i)) throw new BlockReadError(backup, i, new Error(`chunk ${digest} holds ${d.length} bytes, expected ${lenOf(i)}`));
+          return d;
+        },
+        (e: Error) => {
+          throw new BlockReadError(backup, i, e);
+        },
+      );
+      data.catch(() => undefined); // handled when its turn comes
+      ahead.push({ i, data });
+    }
+  };
+
+  const { child, stderr, exit } = vol.spawnRbd(['import-diff', '--no-progress', '-', vol.spec], 'pipe');
+  child.stdin.on('error', () => {}); // EPIPE if rbd stops early: its exit status says why
+  child.stdout.resume();
+  const w = new RbdDiffWriter(child.stdin, { size });
+  const what = `rbd import-diff into ${vol.spec}`;
+  let zeroFrom = -1; // start of a pending run of zeroes
+  const flushZeroes = async (end: number) => {
+    if (zeroFrom >= 0 && end > zeroFrom) await w.zero(zeroFrom, end - zeroFrom);
+    zeroFrom = -1;
+  };
+  let done = 0;
+  try {
+    await w.writeHeader();
+    let next = 0; // first chunk index not yet written or skipped
+    fill();
+    while (ahead.length) {
+      const { i, data } = ahead.shift()!;
+      fill();
+      if (i > next) {
+        if (zeroHoles && zeroFrom < 0) zeroFrom = next * cs;
+        done += (i - next) * cs;
+      }
+      const buf = await data;
+      await flushZeroes(i * cs);
+      await w.data(i * cs, buf);
+      done += buf.length;
+      next = i + 1;
+      progress?.(Math.min(done, backup.size_bytes), backup.size_bytes);
+    }
+    if (next < count && zeroHoles && zeroFrom < 0) zeroFrom = next * cs;
+    if (zeroHoles && size > backup.size_bytes && zeroFrom < 0) zeroFrom = backup.size_bytes;
+    await flushZeroes(size);
+    await w.finish();
+  } catch (e) {
+    if (!child.stdin.destroyed) child.stdin.destroy();
+    const r = await Promise.race([exit, new Promise<null>((res) => setTimeout(() => res(null), 10_000))]);
+    if (e instanceof BlockReadError || e instanceof ConflictError) {
+      if (!r) child.kill('SIGTERM');
+      throw e;
+    }
+    if (r && r.code !== 0) throw new RbdError(`${what} failed: ${tail(r.stderr) || `exit ${r.code ?? r.signal}`}`);
+    if (!r) child.kill('SIGTERM');
+    throw e;
+  }
+  const r = await exit;
+  if (r.code !== 0) throw new RbdError(`${what} failed: ${tail(stderr()) || `exit ${r.code ?? r.signal}`}`);
+  progress?.(backup.size_bytes, backup.size_bytes);
+}
+
+function tail(stderr: string): string {
+  return (stderr.trim().split('\n').filter((l) => !/complete\.\.\./.test(l)).at(-1) ?? '').replace(/^rbd: /, '').slice(0, 400);
+}

@@ -1,0 +1,184 @@
+/**
+ * `blockgate repo create`: chooses the repository of a data directory (a directory on local
+ * disk or NFS, or an S3 bucket) and creates it, or attaches to the blockgate repository
+ * already there. The choice goes to DATA_DIR/blockgate.json, which every command reads.
+ *
+ * Credentials: `--access-key/--secret-key` are stored in blockgate.json, which is then made
+ * readable by its owner only (0600); without them nothing secret is stored and the S3 driver
+ * reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the SDK's default chain) each time it
+ * opens. Keys never appear in output, errors, logs, manifests or exported records.
+ *
+ * `repo info` and `repo gc` (tools/cli/commands.ts) work the same for both kinds.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { Option, type Command } from 'commander';
+import { Catalog } from '../../catalog/catalog.js';
+import { CODECS, type CodecName } from '../../drivers/codec.js';
+import { Repository } from '../../drivers/repository.js';
+import type { ObjectStore } from '../../drivers/store/types.js';
+import { DirStore } from '../../drivers/store/dir.js';
+import { Appliance } from '../../gateway/appliance.js';
+import { CONFIG_FILE, type RepoDriverConfig, type S3RepoConfig, loadConfig, saveConfig } from '../../gateway/config.js';
+import { repoInfo } from '../../gateway/engine/repo-info.js';
+import { parseSize } from '../../gateway/size.js';
+import type { Globals } from './commands.js';
+import { UsageError, printRecord } from './output.js';
+
+export interface RepoCreateOptions {
+  driver: 'dir' | 's3';
+  path?: string;
+  bucket?: string;
+  prefix?: string;
+  endpoint?: string;
+  region?: string;
+  accessKey?: string;
+  secretKey?: string;
+  concurrency?: string;
+  chunkSize?: string;
+  codec?: CodecName;
+}
+
+/** The repository configuration the options describe (nothing is touched yet). */
+export function repoConfigFrom(o: RepoCreateOptions): RepoDriverConfig {
+  if (o.driver === 'dir') {
+    for (const k of ['bucket', 'prefix', 'endpoint', 'region', 'accessKey', 'secretKey', 'concurrency'] as const) {
+      if (o[k] !== undefined) throw new UsageError(`--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} is for --driver s3`);
+    }
+    if (!o.path) throw new UsageError('repo create --driver dir needs --path DIR');
+    return { driver: 'dir', path: path.resolve(o.path) };
+  }
+  if (o.path !== undefined) throw new UsageError('--path is for --driver dir');
+  if (!o.bucket) throw new UsageError('repo create --driver s3 needs --bucket NAME');
+  if ((o.accessKey === undefined) !== (o.secretKey === undefined)) {
+    throw new UsageError('give --access-key and --secret-key together, or neither (then AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are used)');
+  }
+  let concurrency: number | undefined;
+  if (o.concurrency !== undefined) {
+    concurrency = Number(o.concurrency);
+    if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 256) throw new UsageError(`--concurrency must be a whole number from 1 to 256, not ${JSON.stringify(o.concurrency)}`);
+  }
+  const cfg: S3RepoConfig = { driver: 's3', bucket: o.bucket };
+  if (o.prefix) cfg.prefix = o.prefix;
+  if (o.endpoint) cfg.endpoint = o.endpoint;
+  if (o.region) cfg.region = o.region;
+  if (o.accessKey !== undefined) {
+    cfg.accessKeyId = o.accessKey;
+    cfg.secretAccessKey = o.secretKey;
+  }
+  if (concurrency !== undefined) cfg.concurrency = concurrency;
+  return cfg;
+}
+
+/** The configuration as shown to users: no secret. */
+export function redactRepoConfig(cfg: RepoDriverConfig): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...cfg };
+  if ('secretAccessKey' in out && out.secretAccessKey !== undefined) out.secretAccessKey = '***';
+  if ('accessKeyId' in out && out.accessKeyId !== undefined) out.accessKeyId = '***';
+  return out;
+}
+
+async function openStoreForCreate(cfg: RepoDriverConfig): Promise<ObjectStore> {
+  if (cfg.driver === 'dir') {
+    fs.mkdirSync(cfg.path, { recursive: true });
+    return new DirStore(cfg.path);
+  }
+  const { S3Store } = await import('../../drivers/store/s3.js');
+  // the bucket is made if it does not exist yet (wrong keys or endpoint fail here, clearly)
+  return S3Store.open({ ...cfg, createBucket: true });
+}
+
+/** Refuses when the data directory's catalog already holds backups of another repository. */
+async function checkCatalog(dataDir: string, repoId: string, location: string): Promise<void> {
+  const dir = path.join(dataDir, 'catalog');
+  if (!fs.existsSync(dir)) return;
+  const catalog = new Catalog(dir);
+  try {
+    const bound = catalog.meta.get('repository') as { id: string; location: string } | undefined;
+    if (!bound || bound.id === repoId) return;
+    const used = catalog.backups.getCount() + catalog.chunks.getCount() + catalog.pages.getCount();
+    if (used > 0) {
+      throw new UsageError(
+        `the catalog in ${dataDir} holds backups of repository ${bound.id} (${bound.location}); a catalog never mixes repositories: use another --data-dir for ${location}`,
+      );
+    }
+    // a catalog with no backup yet (e.g. only volumes, or a default repository made by an
+    // earlier command) moves to the new repository
+    catalog.meta.putSync('repository', { id: repoId, location });
+  } finally {
+    await catalog.close();
+  }
+}
+
+/** blockgate.json gets the repository; made 0600 first when it will hold a secret. */
+function writeConfig(dataDir: string, repository: RepoDriverConfig, chunkSize: number, codec: CodecName): void {
+  const cfg = loadConfig(dataDir);
+  const file = path.join(cfg.dataDir, CONFIG_FILE);
+  const secret = repository.driver === 's3' && repository.secretAccessKey !== undefined;
+  fs.mkdirSync(cfg.dataDir, { recursive: true });
+  if (secret) {
+    if (!fs.existsSync(file)) fs.writeFileSync(file, '{}\n', { mode: 0o600 });
+    fs.chmodSync(file, 0o600);
+  }
+  saveConfig({ ...cfg, repository, chunkSize, codec }, ['repository', 'chunkSize', 'codec']);
+}
+
+export async function repoCreate(g: Globals, o: RepoCreateOptions): Promise<Record<string, unknown>> {
+  const repository = repoConfigFrom(o);
+  let chunkSize: number | undefined;
+  if (o.chunkSize !== undefined) {
+    try {
+      chunkSize = parseSize(o.chunkSize);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+  }
+  const dataDir = loadConfig(g.dataDir).dataDir;
+  const store = await openStoreForCreate(repository);
+  let repo: Repository;
+  let created = false;
+  try {
+    if (await store.has('config')) {
+      repo = await Repository.open(store);
+    } else {
+      const base = loadConfig(g.dataDir);
+      repo = await Repository.create(store, { chunkSize: chunkSize ?? base.chunkSize, codec: o.codec ?? base.codec });
+      created = true;
+    }
+  } finally {
+    await store.close?.();
+  }
+  const notes: string[] = [];
+  if (!created) {
+    notes.push(`a blockgate repository already exists at ${repo.store.location}: using it`);
+    if (chunkSize !== undefined && chunkSize !== repo.chunkSize) notes.push(`its chunk size stays ${repo.chunkSize} (--chunk-size applies to a new repository)`);
+    if (o.codec !== undefined && o.codec !== repo.config.codec) notes.push(`its codec stays ${repo.config.codec} (--codec applies to a new repository)`);
+  }
+  await checkCatalog(dataDir, repo.config.id, repo.store.location);
+  writeConfig(dataDir, repository, repo.chunkSize, repo.config.codec);
+  const app = await Appliance.open(loadConfig(dataDir));
+  try {
+    return { driver: repository.driver, created, config: redactRepoConfig(repository), ...(notes.length ? { notes } : {}), ...repoInfo(app) };
+  } finally {
+    await app.close();
+  }
+}
+
+export function repoCreateCommand(program: Command, g: () => Globals): void {
+  const repo = program.commands.find((c) => c.name() === 'repo') ?? program.command('repo').description('the chunk repository');
+  repo
+    .command('create')
+    .description('choose and create the repository: a directory (--driver dir --path DIR) or an S3 bucket (--driver s3 --bucket B --endpoint URL)')
+    .addOption(new Option('--driver <driver>', 'repository kind').choices(['dir', 's3']).makeOptionMandatory())
+    .option('--path <dir>', 'dir: the repository directory (local disk or NFS)')
+    .option('--bucket <name>', 's3: bucket (created if missing)')
+    .option('--prefix <prefix>', 's3: key prefix inside the bucket')
+    .option('--endpoint <url>', 's3: endpoint URL, e.g. http://rgw.example:7480 (default AWS S3 or AWS_ENDPOINT_URL)')
+    .option('--region <region>', 's3: region (default AWS_REGION, else us-east-1)')
+    .option('--access-key <key>', 's3: access key (stored in blockgate.json, mode 0600; default AWS_ACCESS_KEY_ID at each start)')
+    .option('--secret-key <secret>', 's3: secret key (as --access-key; default AWS_SECRET_ACCESS_KEY)')
+    .option('--concurrency <n>', 's3: parallel requests (default 8)')
+    .option('--chunk-size <size>', 'chunk size of a new repository, a power of two from 64K to 16M (default 4M)')
+    .addOption(new Option('--codec <codec>', 'compression of a new repository (default zstd)').choices([...CODECS]))
+    .action((o: RepoCreateOptions) => repoCreate(g(), o).then((r) => printRecord(g().format, r)));
+}
