@@ -58,7 +58,7 @@ export interface MountProc {
 
 /** `blockgate mount MNT` in a child process; resolves once the mount answers. */
 export async function startMount(t: ExecutionContext, dataDir: string, mnt: string, args: string[] = []): Promise<MountProc> {
-  fs.mkdirSync(mnt, { recursive: true });
+  // (blockgate mount makes the mount point itself; a stale mount there is its to clear)
   const child = spawn(process.execPath, [CLI, '--data-dir', dataDir, 'mount', mnt, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
