@@ -315,7 +315,9 @@ export class InstantRestores implements ExportSource {
       const served = mine.find((s) => s.status === 'completed' && s.attached);
       if (served) throw new ConflictError(`volume ${v.name} is still attached as export ${served.export_name} (session ${served.id}); detach it first: blockgate restore detach ${served.id}`);
     }
+    const t0 = Date.now();
     const { backup, target } = await prepareRestore(this.app, { backup: req.backup, volume: req.volume, newName: req.name });
+    const t1 = Date.now();
     let rec: SessionRecord | undefined;
     try {
       rec = this.store.create({
@@ -346,7 +348,7 @@ export class InstantRestores implements ExportSource {
       }
       throw e;
     }
-    this.log('instant-restore-started', { session: rec.id, backup: backup.id, volume: target.name, export: rec.export_name });
+    this.log('instant-restore-started', { session: rec.id, backup: backup.id, volume: target.name, export: rec.export_name, prepareMs: t1 - t0, activateMs: Date.now() - t1 });
     return this.view(rec.id);
   }
 

@@ -430,3 +430,72 @@ export class Guest {
 }
 
 export const shaHex = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+// ------------------------------------------------------------------ scenario helpers
+
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | null | false>, timeoutMs = 60000, everyMs = 100): Promise<T> {
+  const until = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+export interface SessionJson {
+  id: string;
+  status: string;
+  export_name: string;
+  uri: string | null;
+  unix_uri: string | null;
+  blocks_owned: number;
+  blocks_durable: number;
+  blocks_total: number;
+  percent: number;
+  bytes_copied: number;
+  rate_bps: number;
+  resumes: number;
+  attached: boolean;
+  status_reason: string | null;
+  served_by_pid: number | null;
+}
+
+export const showSession = (dataDir: string, ref: string): Promise<SessionJson> => bgJson<SessionJson>(dataDir, ['restore', 'show', ref]);
+
+/** a data directory with a small chunk size and quick commits, a source volume from `image`, and its full backup */
+export async function preparedBackup(dir: string, image: string, opts: { chunkSize: number; syncIntervalMs?: number }): Promise<{ data: string; backupId: string }> {
+  const data = path.join(dir, 'data');
+  fs.mkdirSync(data, { recursive: true });
+  fs.writeFileSync(path.join(data, 'blockgate.json'), JSON.stringify({ chunkSize: opts.chunkSize, codec: 'lz4', instant: { syncIntervalMs: opts.syncIntervalMs ?? 250 } }));
+  await bgJson(data, ['volume', 'create', '--name', 'src', '--file', image]);
+  const b = await bgJson<{ id: string; status: string }>(data, ['backup', 'create', 'src', '--name', 'full']);
+  if (b.status !== 'available') throw new Error(`backup is ${b.status}`);
+  return { data, backupId: b.id };
+}
+
+/** reads [off, off+len) of a file */
+export function preadFile(file: string, off: number, len: number): Buffer {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const buf = Buffer.alloc(len);
+    fs.readSync(fd, buf, 0, len, off);
+    return buf;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+export function pwriteFile(file: string, off: number, data: Buffer): void {
+  const fd = fs.openSync(file, 'r+');
+  try {
+    fs.writeSync(fd, data, 0, data.length, off);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
