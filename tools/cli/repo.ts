@@ -79,17 +79,19 @@ export function redactRepoConfig(cfg: RepoDriverConfig): Record<string, unknown>
 }
 
 async function openStoreForCreate(cfg: RepoDriverConfig): Promise<ObjectStore> {
-  if (cfg.driver === 'dir') {
-    fs.mkdirSync(cfg.path, { recursive: true });
-    return new DirStore(cfg.path);
-  }
+  if (cfg.driver === 'dir') return new DirStore(cfg.path);
   const { S3Store } = await import('../../drivers/store/s3.js');
   // the bucket is made if it does not exist yet (wrong keys or endpoint fail here, clearly)
   return S3Store.open({ ...cfg, createBucket: true });
 }
 
-/** Refuses when the data directory's catalog already holds backups of another repository. */
-async function checkCatalog(dataDir: string, repoId: string, location: string): Promise<void> {
+/**
+ * The data directory's catalog and the repository: refuses (before anything is created) when
+ * the catalog already holds backups of another repository; with `bind`, a catalog that has no
+ * backup yet (only volumes, or the default repository an earlier command made) moves to
+ * repository `bind.id`. `repoId` null: a repository that does not exist yet.
+ */
+async function checkCatalog(dataDir: string, repoId: string | null, location: string, bind?: { id: string }): Promise<void> {
   const dir = path.join(dataDir, 'catalog');
   if (!fs.existsSync(dir)) return;
   const catalog = new Catalog(dir);
@@ -102,9 +104,7 @@ async function checkCatalog(dataDir: string, repoId: string, location: string): 
         `the catalog in ${dataDir} holds backups of repository ${bound.id} (${bound.location}); a catalog never mixes repositories: use another --data-dir for ${location}`,
       );
     }
-    // a catalog with no backup yet (e.g. only volumes, or a default repository made by an
-    // earlier command) moves to the new repository
-    catalog.meta.putSync('repository', { id: repoId, location });
+    if (bind) catalog.meta.putSync('repository', { id: bind.id, location });
   } finally {
     await catalog.close();
   }
@@ -133,15 +133,18 @@ export async function repoCreate(g: Globals, o: RepoCreateOptions): Promise<Reco
       throw new UsageError((e as Error).message);
     }
   }
-  const dataDir = loadConfig(g.dataDir).dataDir;
+  const base = loadConfig(g.dataDir);
+  const dataDir = base.dataDir;
   const store = await openStoreForCreate(repository);
   let repo: Repository;
   let created = false;
   try {
-    if (await store.has('config')) {
-      repo = await Repository.open(store);
+    const existing = (await store.has('config')) ? await Repository.open(store) : null;
+    await checkCatalog(dataDir, existing?.config.id ?? null, store.location);
+    if (existing) {
+      repo = existing;
     } else {
-      const base = loadConfig(g.dataDir);
+      if (repository.driver === 'dir') fs.mkdirSync(repository.path, { recursive: true });
       repo = await Repository.create(store, { chunkSize: chunkSize ?? base.chunkSize, codec: o.codec ?? base.codec });
       created = true;
     }
@@ -154,7 +157,7 @@ export async function repoCreate(g: Globals, o: RepoCreateOptions): Promise<Reco
     if (chunkSize !== undefined && chunkSize !== repo.chunkSize) notes.push(`its chunk size stays ${repo.chunkSize} (--chunk-size applies to a new repository)`);
     if (o.codec !== undefined && o.codec !== repo.config.codec) notes.push(`its codec stays ${repo.config.codec} (--codec applies to a new repository)`);
   }
-  await checkCatalog(dataDir, repo.config.id, repo.store.location);
+  await checkCatalog(dataDir, repo.config.id, repo.store.location, { id: repo.config.id });
   writeConfig(dataDir, repository, repo.chunkSize, repo.config.codec);
   const app = await Appliance.open(loadConfig(dataDir));
   try {
