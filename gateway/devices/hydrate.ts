@@ -45,9 +45,10 @@
  *   (d) In memory, the lock + re-check in (copier, copy-on-read) vs (guest write) makes the
  *       same guarantee without a crash: backup data is installed only into a block that is
  *       still not owned, under its lock, and a guest write marks the block owned under it.
- * test/instant-crash.test.ts proves (a)-(c) with a volatile-cache target model crashed at
- * random points (and shows that either reversed ordering is caught), and with the real
- * daemon killed by SIGKILL mid-hydration while guests write and flush.
+ * test/instant-crash.test.ts proves (a)-(c) on a model: a target with a volatile cache, cut at
+ * random instants (keeping any subset of its unflushed writes), resumed from the committed
+ * bits; it also shows that either reversed ordering is caught. test/instant-kill.test.ts
+ * kills the real daemon with SIGKILL mid-hydration while libnbd guests write and flush.
  */
 import { BlockDeviceError, type BlockDevice, type Extent, type ZeroOptions } from '../../nbd/blockdev.js';
 
