@@ -266,3 +266,26 @@ test('close() answers in-flight requests, ends every connection and releases eve
   );
   t.is(late, 'refused');
 });
+
+test('a client that does not read its replies stops being read (output backpressure), then gets everything', async (t) => {
+  const { dev, data } = device(8 * MiB);
+  const h = await startServer(t, { a: { device: dev } });
+  const c = await client(t, h.port);
+  await c.greet();
+  await c.go('a');
+  c.reader.socket.pause(); // stop reading replies
+  const N = 2000; // 2000 x 64 KiB = 125 MiB of replies
+  for (let i = 0; i < N; i++) c.request(CMD.READ, (i % 128) * 65536, 65536, { cookie: BigInt(i) });
+  await new Promise((r) => setTimeout(r, 700));
+  const served = dev.counters.reads;
+  t.log(`device reads while the client was not reading: ${served} of ${N}`);
+  t.true(served < N / 2, `server kept reading requests: ${served} device reads`);
+  c.reader.socket.resume();
+  for (let i = 0; i < N; i++) {
+    const head = await c.reader.read(16);
+    const k = Number(head.readBigUInt64BE(8)) % 128;
+    const body = await c.reader.read(65536);
+    if (!body.equals(data.subarray(k * 65536, k * 65536 + 65536))) t.fail(`reply ${i} has wrong data`);
+  }
+  t.is(dev.counters.reads, N);
+});
