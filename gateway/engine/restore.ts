@@ -10,7 +10,7 @@ import { ConflictError, ownerHere } from '../../catalog/catalog.js';
 import type { BackupRecord, VolumeRecord } from '../../catalog/records.js';
 import { FileVolume } from '../../drivers/volume/file.js';
 import type { Appliance } from '../appliance.js';
-import { RepoChunkReader } from '../read/chunk-reader.js';
+import { SlotChunkReader } from '../read/chunk-reader.js';
 import type { Progress } from './backup.js';
 import { range, runWindow } from './pipeline.js';
 
@@ -79,17 +79,18 @@ export async function runRestore(app: Appliance, backup: BackupRecord, target: V
 async function copyBackup(app: Appliance, backup: BackupRecord, target: VolumeRecord, progress?: Progress): Promise<void> {
   const { catalog } = app;
   const map = catalog.mapReader(backup);
-  const reader = new RepoChunkReader(app.repo, app.pool);
-  const dev = await app.volumeDriver(target).open('write');
+  const depth = app.config.pipelineDepth;
   const cs = backup.chunk_size;
+  const reader = new SlotChunkReader(app.repo, app.pool, cs, depth);
+  const dev = await app.volumeDriver(target).open('write');
   const count = Math.ceil(backup.size_bytes / cs);
   let done = 0;
   try {
     if (dev.sparseFile) await (dev as unknown as { makeSparse(): Promise<void> }).makeSparse();
     await runWindow(
       range(count),
-      app.config.pipelineDepth,
-      async (i) => {
+      depth,
+      async (i, slot) => {
         const offset = i * cs;
         const len = Math.min(cs, backup.size_bytes - offset);
         const digest = map.entry(i);
@@ -98,7 +99,7 @@ async function copyBackup(app: Appliance, backup: BackupRecord, target: VolumeRe
         } else {
           let data: Buffer;
           try {
-            data = await reader.read(digest);
+            data = await reader.read(digest, slot);
           } catch (e) {
             throw new BlockReadError(backup, i, e as Error);
           }
