@@ -96,7 +96,8 @@ export function mountOptionsFor(fstype: string): { type: string; options: string
     case 'ext2':
     case 'ext3':
     case 'ext4':
-      return { type: fstype, options: 'ro,noload' };
+      // the ext4 driver reads all three and knows noload
+      return { type: 'ext4', options: 'ro,noload' };
     case 'xfs':
       return { type: 'xfs', options: 'ro,norecovery,nouuid' };
     case 'btrfs':

@@ -161,6 +161,9 @@ export async function prepareMountPoint(mountPoint: string): Promise<string | un
   const probe = await probeMount(mp);
   let note: string | undefined;
   if (probe.state === 'stale') {
+    if (!isBlockgateMount(probe.entry!)) {
+      throw new ConflictError(`${mp} holds a stale ${probe.entry!.fstype} mount (${ENOTCONN_TEXT}) that is not blockgate's; clear it with \`fusermount -u -z ${mp}\``);
+    }
     const how = await lazyUnmount(mp);
     note = `${mp} was still mounted by a process that is gone (${ENOTCONN_TEXT}); cleared it with ${how.split(' ').slice(0, -1).join(' ')}`;
   } else if (probe.state === 'live') {
@@ -383,6 +386,9 @@ export async function unmountCatalog(mountPoint: string, opts: { waitMs?: number
   if (!isBlockgateMount(entry)) throw new ConflictError(`${mp} is a ${entry.fstype} mount of ${entry.source}, not a blockgate one; not touching it`);
   const pid = servingPid(entry);
   if (probe.state === 'stale') {
+    if (!isBlockgateMount(probe.entry!)) {
+      throw new ConflictError(`${mp} holds a stale ${probe.entry!.fstype} mount (${ENOTCONN_TEXT}) that is not blockgate's; clear it with \`fusermount -u -z ${mp}\``);
+    }
     const how = await lazyUnmount(mp);
     return `${mp} was left mounted by a process that is gone${pid ? ` (pid ${pid})` : ''} (${ENOTCONN_TEXT}); cleared it with ${how}`;
   }

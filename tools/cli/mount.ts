@@ -63,7 +63,19 @@ function printBrowse(g: Globals, s: BrowseState, detached: boolean): void {
 export function mountCommands(program: Command, g: () => Globals): void {
   program
     .command('mount <mountpoint>')
-    .description('mount the catalog read-only with FUSE (foreground; Ctrl-C or `blockgate umount` unmounts): volumes/<volume>/<backup>/{disk.img,partN.img,backup.json}, latest, by-id/<id>')
+    .description('mount the catalog read-only with FUSE (foreground; Ctrl-C or `blockgate umount` unmounts it)')
+    .addHelpText(
+      'after',
+      `
+The tree:
+  MOUNTPOINT/volumes/<volume>/<backup>/disk.img     the whole volume as backed up
+  MOUNTPOINT/volumes/<volume>/<backup>/partN.img    each MBR/GPT partition (mount -o loop,ro works on it)
+  MOUNTPOINT/volumes/<volume>/<backup>/backup.json  the backup record
+  MOUNTPOINT/volumes/<volume>/latest -> <backup>    the newest available backup
+  MOUNTPOINT/by-id/<backup-id> -> ../volumes/<volume>/<backup>
+<backup> is the backup's name, or name@<time> (plus an id prefix) when names clash.
+A mount left behind by a killed process is cleared by \`blockgate umount\` or the next mount.`,
+    )
     .option('--read-ahead <chunks>', 'chunks read ahead of a sequential reader', '8')
     .option('--debug', 'libfuse debug output')
     .action(async (mountpoint: string, o: { readAhead: string; debug?: boolean }) => {
