@@ -4,9 +4,10 @@
  * which comes with ceph-common) holds the image open and serves requests over its
  * stdin/stdout, one at a time, in order:
  *
- *   request   u8 op ('R' read, 'W' write, 'Z' write zeroes, 'T' discard, 'F' flush),
+ *   request   u8 op ('R' read, 'W' write, 'Z' write zeroes, 'T' discard, 'F' flush,
+ *             'C' create snapshot, 'X' remove snapshot, 'L' list snapshots),
  *             u8 flags (bit 0: FUA), 6 bytes padding, le64 offset, le64 length,
- *             then `length` bytes for 'W'
+ *             then `length` bytes for 'W' (data) and 'C'/'X' (the snapshot name)
  *   response  le32 status (0, or -errno), le32 length, then `length` bytes (the data of
  *             'R', or an error message)
  *
@@ -20,7 +21,7 @@ import { BlockDeviceError, type Extent, type ZeroOptions } from '../../nbd/block
 import type { VolumeDevice } from './types.js';
 
 const HELPER = String.raw`
-import errno, struct, sys
+import errno, json, struct, sys
 inp = sys.stdin.buffer
 out = sys.stdout.buffer
 
@@ -59,7 +60,7 @@ def main():
                 break
             op, flags, off, ln = struct.unpack('<BB6xQQ', h)
             data = None
-            if op == 0x57:
+            if op in (0x57, 0x43, 0x58):
                 data = inp.read(ln)
                 if len(data) < ln:
                     break
@@ -75,6 +76,16 @@ def main():
                     img.discard(off, ln)
                 elif op == 0x46:
                     img.flush()
+                elif op == 0x43:
+                    img.create_snap(data.decode('utf-8'))
+                elif op == 0x58:
+                    try:
+                        img.remove_snap(data.decode('utf-8'))
+                    except rbd.ImageNotFound:
+                        pass
+                elif op == 0x4c:
+                    reply(0, json.dumps([{'name': s['name'], 'size': s['size']} for s in img.list_snaps()]).encode())
+                    continue
                 else:
                     reply(-errno.EINVAL, b'unknown request')
                     continue
@@ -91,7 +102,7 @@ def main():
 main()
 `;
 
-const OP = { read: 0x52, write: 0x57, zero: 0x5a, trim: 0x54, flush: 0x46 } as const;
+const OP = { read: 0x52, write: 0x57, zero: 0x5a, trim: 0x54, flush: 0x46, snapCreate: 0x43, snapRemove: 0x58, snapList: 0x4c } as const;
 
 interface Pending {
   resolve(b: Buffer): void;
@@ -134,7 +145,7 @@ export class RbdImageDevice implements VolumeDevice {
   private constructor(
     private readonly child: ChildProcessWithoutNullStreams,
     readonly spec: string,
-    mode: 'read' | 'write',
+    mode: 'read' | 'write' | 'control',
   ) {
     this.readOnly = mode === 'read';
     child.stderr.setEncoding('utf8').on('data', (d: string) => (this.stderr = (this.stderr + d).slice(-8000)));
@@ -153,7 +164,12 @@ export class RbdImageDevice implements VolumeDevice {
     });
   }
 
-  static async open(pool: string, image: string, mode: 'read' | 'write', o: { conf?: string; user?: string }): Promise<RbdImageDevice> {
+  /**
+   * Opens the image: 'read' read-only, 'write' read-write; 'control' is read-write too but
+   * meant for snapshot operations only (one cluster connection for a backup's snapshot
+   * create, list and remove, much cheaper than an `rbd` run each).
+   */
+  static async open(pool: string, image: string, mode: 'read' | 'write' | 'control', o: { conf?: string; user?: string }): Promise<RbdImageDevice> {
     const py = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
     const child = spawn(py, ['-c', HELPER, o.conf ?? '', o.user ?? '', pool, image, mode], {
       stdio: ['pipe', 'pipe', 'pipe'],
@@ -265,6 +281,19 @@ export class RbdImageDevice implements VolumeDevice {
   async flush(): Promise<void> {
     if (this.readOnly) return;
     await this.request(OP.flush, 0, 0, 'flush');
+  }
+
+  async createSnapshot(name: string): Promise<void> {
+    await this.request(OP.snapCreate, 0, Buffer.byteLength(name), `snapshot create ${name}`, Buffer.from(name));
+  }
+
+  /** removes a snapshot; one that does not exist is not an error */
+  async removeSnapshot(name: string): Promise<void> {
+    await this.request(OP.snapRemove, 0, Buffer.byteLength(name), `snapshot remove ${name}`, Buffer.from(name));
+  }
+
+  async listSnapshots(): Promise<Array<{ name: string; size: number }>> {
+    return JSON.parse((await this.request(OP.snapList, 0, 0, 'snapshot list')).toString('utf8')) as Array<{ name: string; size: number }>;
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {

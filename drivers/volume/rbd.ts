@@ -240,17 +240,32 @@ export class RbdVolume implements VolumeDriver {
     return (await this.info(`${this.spec}@${checkSnapName(name)}`)).size;
   }
 
-  async open(mode: 'read' | 'write'): Promise<RbdImageDevice> {
+  async open(mode: 'read' | 'write' | 'control'): Promise<RbdImageDevice> {
     return RbdImageDevice.open(this.pool, this.image, mode, this.o);
   }
 
+  /**
+   * Takes the backup's snapshot. Snapshot create, list and remove for the backup go through
+   * one librbd connection (the python3-rbd helper of rbd-io.ts) held until commit/abort: an
+   * `rbd snap` run costs a cluster connection each, and `rbd snap rm` several hundred ms.
+   */
   async snapshotForBackup(backupId: string): Promise<RbdChangeSource> {
     const snap = backupSnapName(backupId);
-    await this.createSnapshot(snap);
+    const ctl = await this.open('control');
     try {
-      return new RbdChangeSource(this, snap, await this.snapshotSize(snap));
+      await ctl.createSnapshot(snap);
     } catch (e) {
-      await this.removeSnapshot(snap).catch(() => undefined);
+      await ctl.close();
+      throw new RbdError(`cannot snapshot RBD image ${this.spec}: ${(e as Error).message}`);
+    }
+    try {
+      const list = await ctl.listSnapshots();
+      const me = list.find((s) => s.name === snap);
+      if (!me) throw new RbdError(`snapshot ${this.spec}@${snap} is missing right after its creation`);
+      return new RbdChangeSource(this, snap, me.size, ctl, new Set(list.map((s) => s.name)));
+    } catch (e) {
+      await ctl.removeSnapshot(snap).catch(() => undefined);
+      await ctl.close();
       throw e;
     }
   }
@@ -306,6 +321,10 @@ export class RbdChangeSource implements ChangeSource {
     private readonly vol: RbdVolume,
     readonly token: string,
     readonly size: number,
+    /** the librbd connection that made the snapshot; closed by commit() or abort() */
+    private readonly ctl: RbdImageDevice,
+    /** snapshots of the image when ours was taken */
+    private readonly snapshotsThen: Set<string>,
   ) {}
 
   get bytesRead(): number {
@@ -316,7 +335,7 @@ export class RbdChangeSource implements ChangeSource {
     let from = since;
     let fillGaps = false;
     if (from !== null) {
-      const known = SNAP_RE.test(from) && (await this.vol.snapshots()).includes(from);
+      const known = SNAP_RE.test(from) && this.snapshotsThen.has(from);
       if (!known) {
         this.notes.push(
           `the parent backup's snapshot ${this.vol.spec}@${from} no longer exists: this backup read the whole image (full export-diff of ${this.token}) instead of only the changes`,
@@ -350,20 +369,32 @@ export class RbdChangeSource implements ChangeSource {
     if (fillGaps && pos < this.size) yield* gap(this.size);
   }
 
-  /** The new backup is committed: drop the parent's snapshot, keep ours. Never throws. */
+  /**
+   * The new backup is committed: drop the parent's snapshot, keep ours. Never throws (the
+   * backup is committed already); a snapshot that cannot be removed is reported on stderr
+   * and left for the user.
+   */
   async commit(parentToken: string | null): Promise<void> {
     this.committed = true;
-    if (!parentToken || parentToken === this.token) return;
     try {
-      await this.vol.removeSnapshot(parentToken);
+      if (parentToken && parentToken !== this.token && SNAP_RE.test(parentToken)) await this.ctl.removeSnapshot(parentToken);
     } catch (e) {
-      this.notes.push(`could not remove the parent's snapshot ${this.vol.spec}@${parentToken}: ${(e as Error).message}`);
+      process.stderr.write(`blockgate: warning: could not remove the previous backup's snapshot ${this.vol.spec}@${parentToken}: ${(e as Error).message}\n`);
+    } finally {
+      await this.ctl.close().catch(() => undefined);
     }
   }
 
   /** The backup failed: drop the snapshot made for it. */
   async abort(): Promise<void> {
     if (this.committed) return;
-    await this.vol.removeSnapshot(this.token);
+    this.committed = true;
+    try {
+      await this.ctl.removeSnapshot(this.token);
+    } catch {
+      await this.vol.removeSnapshot(this.token); // the helper died: by the rbd command
+    } finally {
+      await this.ctl.close().catch(() => undefined);
+    }
   }
 }
