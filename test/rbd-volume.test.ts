@@ -342,6 +342,7 @@ test('CLI: volume create --rbd, full and incremental backups, restore into an RB
   const full = await cliJson<BackupRecord>(dataDir, ['backup', 'create', 'r', '--name', 'full']);
   t.is(full.status, 'available');
   t.is(full.bytes_read, 6 * MiB);
+  const fullSha = await rbdExportSha(c, `${spec}@${full.change_token}`);
   await apply(c, spec, [{ op: 'write', offset: 65536, data: randomBytes(65536) }]);
   const i1 = await cliJson<BackupRecord>(dataDir, ['backup', 'create', '--incremental', 'r', '--name', 'inc']);
   t.is(i1.bytes_read, 65536);
@@ -351,6 +352,15 @@ test('CLI: volume create --rbd, full and incremental backups, restore into an RB
   const restored = await cliJson<{ status: string }>(dataDir, ['backup', 'restore', 'inc', 'dst']);
   t.is(restored.status, 'available');
   t.deepEqual(await rbdExportSha(c, target), await rbdExportSha(c, `${spec}@${i1.change_token}`));
+  // into a new RBD image made for the restore
+  const made = imageName('cli-new');
+  t.teardown(() => removeImage(c, made));
+  const nv = await cliJson<{ status: string; driver: string; path: string; name: string }>(dataDir, ['backup', 'restore', 'full', '--rbd', made, '--ceph-conf', c.conf]);
+  t.like(nv, { status: 'available', driver: 'rbd', path: made, name: made.split('/')[1] });
+  t.deepEqual(await rbdExportSha(c, made), fullSha);
+  t.is(await imageSize(c, made), size);
+  const both = await cli(dataDir, ['backup', 'restore', 'full', 'dst', '--rbd', made]);
+  t.is(both.code, 2);
   const bad = await cli(dataDir, ['volume', 'create', '--name', 'bad', '--rbd', 'volumes/../x']);
   t.not(bad.code, 0);
   t.regex(bad.stderr, /^blockgate: error: invalid RBD image "volumes\/\.\.\/x"/);

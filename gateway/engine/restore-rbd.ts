@@ -18,6 +18,7 @@ import type { Appliance } from '../appliance.js';
 import { RepoChunkReader } from '../read/chunk-reader.js';
 import type { Progress } from './backup.js';
 import { BlockReadError, prepareRestore } from './restore.js';
+import { checkVolumeName } from './volumes.js';
 
 export interface RbdVolumeOptions {
   /** POOL/IMAGE */
@@ -72,6 +73,7 @@ export async function createRbdVolume(app: Appliance, name: string, opts: RbdVol
  * as volume `name`; then as prepareRestore. Nothing is left behind if it throws.
  */
 export async function prepareRestoreToNewRbd(app: Appliance, opts: { backup: string; rbd: string; name: string; cephConf?: string; cephUser?: string }) {
+  checkVolumeName(opts.name);
   const backup = app.catalog.backupRecord(opts.backup);
   if (backup.status !== 'available') throw new ConflictError(`backup ${backup.id} is ${backup.status}; only an available backup can be restored`);
   if (app.catalog.volumeNames.get(opts.name) !== undefined) throw new ConflictError(`a volume named "${opts.name}" already exists`);

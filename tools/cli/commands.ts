@@ -7,6 +7,7 @@ import { runBackup, startBackup } from '../../gateway/engine/backup.js';
 import { deleteBackup } from '../../gateway/engine/delete.js';
 import { collectGarbage } from '../../gateway/engine/gc.js';
 import { prepareRestore, runRestore } from '../../gateway/engine/restore.js';
+import { prepareRestoreToNewRbd } from '../../gateway/engine/restore-rbd.js';
 import { createVolume, deleteVolume, setAttached } from '../../gateway/engine/volumes.js';
 import { repoInfo } from '../../gateway/engine/repo-info.js';
 import { parseSize } from '../../gateway/size.js';
@@ -114,9 +115,15 @@ export function backupCommands(program: Command, g: () => Globals): void {
   instantRestoreOptions(bk.command('restore <backup> [volume]'))
     .description('restore into an existing available volume (same size or larger), or into a new volume')
     .option('--name <name>', 'name of the new volume')
-    .action((ref: string, volume: string | undefined, o: InstantRestoreOptions) =>
+    .option('--rbd <pool/image>', 'restore into a new RBD image made for it (rbd create of the backup size; volume name --name, default the image name)')
+    .option('--ceph-conf <file>', 'with --rbd: ceph.conf of the cluster (default CEPH_CONF)')
+    .option('--ceph-user <id>', 'with --rbd: ceph user (default BLOCKGATE_CEPH_USER, else admin)')
+    .action((ref: string, volume: string | undefined, o: InstantRestoreOptions & { rbd?: string; cephConf?: string; cephUser?: string }) =>
       o.instant ? instantRestore(g(), ref, volume, o) : withApp(g(), async (app) => {
-        const { backup, target } = await prepareRestore(app, { backup: ref, volume, newName: o.name });
+        if (o.rbd && volume) throw new UsageError('give either a target volume or --rbd (a new RBD image), not both');
+        const { backup, target } = o.rbd
+          ? await prepareRestoreToNewRbd(app, { backup: ref, rbd: o.rbd, name: o.name ?? o.rbd.slice(o.rbd.indexOf('/') + 1), cephConf: o.cephConf, cephUser: o.cephUser })
+          : await prepareRestore(app, { backup: ref, volume, newName: o.name });
         const bar = progressBar(`restore ${backup.name}`);
         try {
           printRecord(g().format, await runRestore(app, backup, target, bar.update));
