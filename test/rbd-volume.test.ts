@@ -21,6 +21,7 @@ import type { BackupRecord } from '../catalog/records.js';
 import { type CephCluster, cephSkipReason, cephTest, getCeph, rbd, rbdApply, rbdExportSha, type ImageOp } from './helpers/ceph.js';
 import { cli, cliJson, fileSha, openApp, sha, tmpDir } from './helpers/core.js';
 import { backup, volumeFrom } from './helpers/engine.js';
+import { SYSTEM_PYTHON, type SessionJson, bg, bgJson, run, showSession, startDaemon, waitFor } from './helpers/instant.js';
 
 const test = cephTest;
 const MiB = 1 << 20;
@@ -365,4 +366,41 @@ test('CLI: volume create --rbd, full and incremental backups, restore into an RB
   t.not(bad.code, 0);
   t.regex(bad.stderr, /^blockgate: error: invalid RBD image "volumes\/\.\.\/x"/);
   t.notRegex(bad.stderr, /\n\s+at /, 'no stack trace');
+});
+
+test('instant restore into an RBD image: served over NBD at once, reads and writes during the copy, the image complete at the end', async (t) => {
+  const c = await getCeph();
+  const dataDir = path.join(tmpDir(t), 'data');
+  fs.mkdirSync(dataDir, { recursive: true });
+  fs.writeFileSync(path.join(dataDir, 'blockgate.json'), JSON.stringify({ chunkSize: CS }));
+  const size = 16 * MiB;
+  const data = Buffer.alloc(size);
+  randomBytes(9 * MiB).copy(data, 2 * MiB);
+  const spec = await makeImage(t, c, 'inst-src', size, data);
+  await cliJson(dataDir, ['volume', 'create', '--name', 'src', '--rbd', spec, '--ceph-conf', c.conf]);
+  await cliJson(dataDir, ['backup', 'create', 'src', '--name', 'full']);
+  const target = imageName('inst-dst');
+  t.teardown(() => removeImage(c, target));
+  await cliJson(dataDir, ['volume', 'create', '--name', 'tgt', '--rbd', target, '--size', '16M', '--ceph-conf', c.conf]);
+  const d = await startDaemon(t, dataDir);
+  const s = await bgJson<SessionJson>(dataDir, ['backup', 'restore', 'full', 'tgt', '--instant', '--copy-rate', '4M', '--copy-concurrency', '1']);
+  t.is(s.status, 'running');
+  // the whole volume reads back at once (blocks not copied yet come from the backup)
+  const copy = path.join(tmpDir(t), 'copy.img');
+  const nc = await run('nbdcopy', [s.uri!, copy]);
+  t.is(nc.code, 0, nc.stderr);
+  t.is(fileSha(copy), sha(data));
+  const hello = Buffer.from('written by a guest while the copy runs');
+  const py = `import nbd\nh = nbd.NBD()\nh.connect_uri(${JSON.stringify(s.uri!)})\nh.pwrite(${JSON.stringify(hello.toString())}.encode(), ${9 * MiB + 100})\nh.flush()\nh.shutdown()\n`;
+  const w = await run(SYSTEM_PYTHON, ['-c', py]);
+  t.is(w.code, 0, w.stderr);
+  hello.copy(data, 9 * MiB + 100);
+  const done = await waitFor('the session to complete', async () => {
+    const v = await showSession(dataDir, s.id);
+    return v.status === 'completed' ? v : null;
+  }, 120_000, 250);
+  t.is(done.status, 'completed');
+  await bg(dataDir, ['restore', 'detach', s.id]);
+  await d.kill('SIGTERM');
+  t.is(sha(await exportImage(c, target)), sha(data), 'the RBD image holds the backup with the guest write');
 });
