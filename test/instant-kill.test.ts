@@ -28,7 +28,7 @@ interface Write {
 }
 
 test.serial(`SIGKILL of the daemon at random moments, ${ROUNDS} rounds: the session resumes and every flushed write survives`, async (t) => {
-  t.timeout(170_000);
+  t.timeout(280_000);
   const dir = tmpDir(t);
   const src = path.join(dir, 'src.img');
   const extents = makeSparseImage(src, SIZE, 1200, 128 * 1024, 9001);

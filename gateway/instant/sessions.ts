@@ -129,6 +129,7 @@ export function settleSession(app: Appliance, store: SessionStore, id: string, o
   catalog.env.transactionSync(() => {
     const s = store.db.get(id);
     if (!s) throw new NotFoundError('instant-restore session', id);
+    if (!ACTIVE_STATES.includes(s.status)) throw new ConflictError(`session ${id} is already ${s.status}`);
     const b = catalog.backups.get(s.backup_id);
     if (b && b.status === 'restoring') catalog.backups.putSync(b.id, { ...b, status: 'available', owner: null, updated_at: now() });
     const v = catalog.volumes.get(s.volume_id);
@@ -419,7 +420,13 @@ export class InstantRestores implements ExportSource {
   private completed(id: string): void {
     const l = this.live.get(id);
     const stats = l?.hydrate?.stats();
-    const rec = settleSession(this.app, this.store, id, 'completed', null, { bytes_copied: (this.baseCopied.get(id) ?? 0) + (stats?.bytesCopied ?? 0) });
+    let rec: SessionRecord;
+    try {
+      rec = settleSession(this.app, this.store, id, 'completed', null, { bytes_copied: (this.baseCopied.get(id) ?? 0) + (stats?.bytesCopied ?? 0) });
+    } catch (e) {
+      this.log('instant-restore-error', { session: id, error: (e as Error).message });
+      return;
+    }
     this.log('instant-restore-completed', { session: id, volume: rec.volume_name, export: rec.export_name, detached: !rec.attached });
     if (l && !rec.attached) {
       l.exported = false;
@@ -435,7 +442,11 @@ export class InstantRestores implements ExportSource {
       l.exported = false;
       await l.hydrate?.shutdown(why);
     }
-    settleSession(this.app, this.store, id, 'failed', why);
+    try {
+      settleSession(this.app, this.store, id, 'failed', why);
+    } catch (err) {
+      this.log('instant-restore-error', { session: id, error: (err as Error).message });
+    }
     if (l && l.refs === 0) await this.closeLive(l);
   }
 
