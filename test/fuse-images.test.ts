@@ -38,8 +38,9 @@ type Sums = Record<string, string>;
 
 function workDir(t: ExecutionContext, prefix: string): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  cleanupUnder(t, dir);
+  // teardowns run last-registered first: unmount everything, then remove the files
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  cleanupUnder(t, dir);
   return dir;
 }
 
