@@ -29,11 +29,15 @@ async function crashRun(seed: number, unsafe?: HydrateOptions['unsafeForTest']):
   const img = Buffer.alloc(BLOCKS * BS);
   for (let b = 0; b < BLOCKS; b++) if (r() > 0.25) seededBytes(r, BS).copy(img, b * BS);
   const source = new MemSource(img, BS, r);
-  const disk = new VolatileDisk(seededBytes(r, img.length), r);
-  const log = new MemLog(BLOCKS, r);
+  // half the runs start as a session does on a file: truncated target, holes owned and committed
+  const fresh = r() < 0.5;
+  const disk = new VolatileDisk(fresh ? Buffer.alloc(img.length) : seededBytes(r, img.length), r);
+  const owned = new Uint8Array(BLOCKS);
+  if (fresh) for (let b = 0; b < BLOCKS; b++) owned[b] = source.isHole(b) ? 1 : 0;
+  const log = new MemLog(BLOCKS, r, owned);
   const syncIntervalMs = r() < 0.5 ? 10 : 400;
   const common = { blockSize: BS, concurrency: randInt(r, 1, 3), syncBlocks: randInt(r, 2, 12), syncIntervalMs, unsafeForTest: unsafe };
-  const dev = new HydrateDevice(disk, source, { ...common, commit: log.commit, rateBytesPerSec: r() < 0.5 ? 0 : 40 * BS });
+  const dev = new HydrateDevice(disk, source, { ...common, owned, knownZero: fresh ? new Uint8Array(BLOCKS).fill(1) : undefined, commit: log.commit, rateBytesPerSec: r() < 0.5 ? 0 : 40 * BS });
   dev.start();
 
   // the guest: sequential requests, each recorded before it is sent

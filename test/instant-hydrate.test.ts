@@ -20,17 +20,24 @@ function backupImage(r: () => number, blocks: number, tail = 0): Buffer {
   return img;
 }
 
-function setup(seed: number, opts: { blocks?: number; tail?: number; concurrency?: number; rate?: number; targetExtra?: number; syncBlocks?: number; syncIntervalMs?: number } = {}) {
+function setup(seed: number, opts: { blocks?: number; tail?: number; concurrency?: number; rate?: number; targetExtra?: number; syncBlocks?: number; syncIntervalMs?: number; fresh?: boolean } = {}) {
   const r = rng(seed);
   const img = backupImage(r, opts.blocks ?? 48, opts.tail ?? 0);
   const source = new MemSource(img, BS, r);
-  // the target starts with old garbage: nothing of it may show through
-  const disk = new VolatileDisk(seededBytes(r, img.length + (opts.targetExtra ?? 0)), r);
-  const log = new MemLog(Math.ceil(disk.size / BS), r);
+  const size = img.length + (opts.targetExtra ?? 0);
+  const blocks = Math.ceil(size / BS);
+  // the target starts with old garbage (nothing of it may show through), or, as a session
+  // starts a file target, truncated: all zeroes, the backup's holes owned from the start
+  const disk = new VolatileDisk(opts.fresh ? Buffer.alloc(size) : seededBytes(r, size), r);
+  const owned = new Uint8Array(blocks);
+  if (opts.fresh) for (let b = 0; b < blocks; b++) owned[b] = b * BS >= img.length || source.isHole(b) ? 1 : 0;
+  const log = new MemLog(blocks, r, owned);
   let done!: () => void;
   const completed = new Promise<void>((res) => (done = res));
   const dev = new HydrateDevice(disk, source, {
     blockSize: BS,
+    owned,
+    knownZero: opts.fresh ? new Uint8Array(blocks).fill(1) : undefined,
     commit: log.commit,
     concurrency: opts.concurrency ?? 3,
     rateBytesPerSec: opts.rate ?? 0,
@@ -42,8 +49,8 @@ function setup(seed: number, opts: { blocks?: number; tail?: number; concurrency
 }
 
 test('random guest I/O while hydrating: every read matches, the target ends bit-exact', async (t) => {
-  for (const seed of [1, 2, 3, 4, 5, 6]) {
-    const { r, img, disk, log, dev, completed } = setup(seed, { tail: seed % 2 ? 5000 : 0, targetExtra: seed % 3 === 0 ? 3 * BS + 100 : 0 });
+  for (const seed of [1, 2, 3, 4, 5, 6, 7, 8]) {
+    const { r, img, disk, log, dev, completed } = setup(seed, { tail: seed % 2 ? 5000 : 0, targetExtra: seed % 3 === 0 ? 3 * BS + 100 : 0, fresh: seed >= 5 });
     // what the guest must see: the backup, then past its end what the target holds, then its own writes
     const expected = Buffer.from(disk.current);
     img.copy(expected);
@@ -68,6 +75,9 @@ test('random guest I/O while hydrating: every read matches, the target ends bit-
         await dev.zero(off, len);
         expected.fill(0, off, off + len);
       } else await dev.flush();
+    }
+    for (const e of await dev.blockStatus(0, dev.size)) {
+      if (e.zero) t.true(expected.subarray(e.offset, e.offset + e.length).every((x) => x === 0), `seed ${seed}: extent ${e.offset}+${e.length} reported zero`);
     }
     await completed;
     await dev.settle();

@@ -74,7 +74,10 @@ export interface HydrateOptions {
   commit?: OwnershipLog['commit'];
   /** blocks already owned (committed), one byte per block; default none */
   owned?: Uint8Array;
-  /** blocks known to read as zeroes on the target (a freshly truncated sparse target), for block status */
+  /**
+   * blocks whose target bytes are known to read as zeroes (a freshly truncated sparse target),
+   * owned or not: zeroing them needs no I/O, and block status reports them as holes
+   */
   knownZero?: Uint8Array;
   /** parallel block copies of the background copier (default 4) */
   concurrency?: number;
@@ -176,8 +179,8 @@ export class HydrateDevice implements BlockDevice {
         this.state[b] = DURABLE;
         this.ownedCount++;
         this.durableCount++;
-        if (opts.knownZero?.[b]) this.knownZero[b] = 1;
       }
+      if (opts.knownZero?.[b]) this.knownZero[b] = 1;
     }
     this.concurrency = Math.max(1, opts.concurrency ?? 4);
     this.rate = Math.max(0, opts.rateBytesPerSec ?? 0);
@@ -276,8 +279,10 @@ export class HydrateDevice implements BlockDevice {
   /** caller holds b's lock and b is not owned: writes the block's full content, then owns it */
   private async install(b: number, data: Buffer | null): Promise<void> {
     const start = this.blockStart(b);
-    if (data) await this.target.write!(start, data);
-    else await this.targetZero(start, this.blockLen(b));
+    if (data) {
+      this.knownZero[b] = 0;
+      await this.target.write!(start, data);
+    } else if (!this.knownZero[b]) await this.targetZero(start, this.blockLen(b));
     this.markOwned(b);
   }
 
@@ -411,7 +416,14 @@ export class HydrateDevice implements BlockDevice {
       let run: { from: number; to: number } | null = null;
       const jobs: Promise<void>[] = [];
       for (const seg of this.segments(offset, length)) {
-        this.knownZero[seg.b] = 0;
+        const b = seg.b;
+        const whole = seg.from === this.blockStart(b) && seg.to === this.blockStart(b) + this.blockLen(b);
+        if (this.knownZero[b] && (this.state[b] !== NOT_OWNED || whole)) {
+          // the target already reads as zeroes there: nothing to write, only to own
+          if (this.state[b] === NOT_OWNED) jobs.push(this.ownZeroBlock(b));
+          continue;
+        }
+        this.knownZero[b] = 0;
         if (this.state[seg.b] !== NOT_OWNED) {
           if (run && run.to === seg.from) run.to = seg.to;
           else {
@@ -429,6 +441,18 @@ export class HydrateDevice implements BlockDevice {
     } finally {
       this.guestEnd();
     }
+  }
+
+  /** zeroing a whole block not owned whose target bytes are zeroes already */
+  private ownZeroBlock(b: number): Promise<void> {
+    return this.withLock(b, async () => {
+      if (this.dead) throw this.dead;
+      if (this.state[b] !== NOT_OWNED) {
+        if (!this.knownZero[b]) await this.targetZero(this.blockStart(b), this.blockLen(b));
+        return;
+      }
+      this.markOwned(b);
+    });
   }
 
   /** a trimmed range reads as zeroes afterwards */

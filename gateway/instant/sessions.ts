@@ -385,7 +385,7 @@ export class InstantRestores implements ExportSource {
           if (b >= backupBlocks) owned[b] = 1; // past the backup: the target's own bytes, as a plain restore leaves them
           else if (sparse && map.entry(b) === null) owned[b] = 1;
         }
-        knownZero = sparse ? Uint8Array.from(owned) : undefined;
+        knownZero = sparse ? new Uint8Array(blocks).fill(1) : undefined; // the whole file was just truncated
         await target.flush?.();
         rec = await this.store.initialize(rec.id, owned, { status: 'running', blocks_total: blocks, size_bytes: target.size });
       } else {
