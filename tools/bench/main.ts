@@ -7,12 +7,21 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { benchCore, type Row } from './core.js';
 import { benchNbd } from './nbd.js';
+import { benchFuse } from './fuse.js';
+import { benchInstant } from './instant.js';
+import { benchRbd } from './rbd.js';
 
 const work = path.resolve(process.env.BENCH_DIR ?? '.bench');
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 2048);
 fs.mkdirSync(work, { recursive: true });
 
-const suites: Record<string, (work: string, sizeMiB: number) => Promise<Row[]>> = { backup: benchCore, nbd: benchNbd };
+const suites: Record<string, (work: string, sizeMiB: number) => Promise<Row[]>> = {
+  backup: benchCore,
+  nbd: benchNbd,
+  fuse: benchFuse,
+  instant: benchInstant,
+  rbd: benchRbd,
+};
 const only = process.argv.slice(2);
 const rows: Row[] = [];
 for (const [name, run] of Object.entries(suites)) {
@@ -25,7 +34,7 @@ console.log(`\n${pad('suite', 8)} ${pad('tool', 12)} ${pad('operation', 24)} ${'
 for (const r of rows) {
   console.log(`${pad(r.suite, 8)} ${pad(r.tool, 12)} ${pad(r.op, 24)} ${r.seconds.toFixed(2).padStart(8)} ${r.mbps.toFixed(1).padStart(9)} ${r.rssMiB.toFixed(0).padStart(13)}`);
 }
-const get = (tool: string, op: string) => rows.find((r) => r.tool === tool && r.op === op);
+const get = (tool: string, op: string, suite?: string) => rows.find((r) => r.tool === tool && r.op === op && (!suite || r.suite === suite));
 const ratio = (a?: Row, b?: Row) => (a && b ? (a.mbps / b.mbps).toFixed(2) : 'n/a');
 const ratios: Record<string, string> = {
   'full backup vs restic (target >= 3)': ratio(get('blockgate', 'full backup'), get('restic', 'full backup')),
@@ -39,6 +48,16 @@ ratios['nbdcopy cached vs nbdkit file (target >= 0.8)'] = nbdRatio('nbdcopy cach
 ratios['nbdcopy first read vs nbdkit file (target >= 0.5)'] = nbdRatio('nbdcopy first read', 'nbdkit-file');
 ratios['nbdcopy cached vs qemu-nbd'] = nbdRatio('nbdcopy cached', 'qemu-nbd');
 ratios['fio randread 4k IOPS vs nbdkit file'] = nbdRatio('fio randread 4k IOPS', 'nbdkit-file');
+ratios['FUSE dd first read vs restic mount (target >= 2)'] = ratio(get('blockgate', 'dd first read', 'fuse'), get('restic', 'dd first read', 'fuse'));
+ratios['FUSE dd cached vs restic mount (target >= 2)'] = ratio(get('blockgate', 'dd cached', 'fuse'), get('restic', 'dd cached', 'fuse'));
+const att1 = rows.find((r) => r.suite === 'instant' && r.op === 'attach 1 GiB (CLI+nbdinfo)');
+const att64 = rows.find((r) => r.suite === 'instant' && r.op === 'attach 64 GiB (CLI+nbdinfo)');
+if (att1 && att64) ratios['instant attach seconds 1 GiB / 64 GiB (target < 1 s each)'] = `${att1.seconds.toFixed(3)} / ${att64.seconds.toFixed(3)}`;
+ratios['hydration vs plain restore (target >= 0.9)'] = ratio(get('blockgate', 'hydrate (instant)', 'instant'), get('blockgate', 'restore (plain)', 'instant'));
+const rf = get('blockgate', 'rbd full backup', 'rbd');
+const ri = get('blockgate', 'rbd incremental 5%', 'rbd');
+if (rf && ri) ratios['RBD 5% incremental speed-up vs full, by time (target >= 20)'] = (rf.seconds / ri.seconds).toFixed(1);
+ratios['S3 repo vs dir repo, full backup'] = ratio(get('blockgate s3 repo', 'full backup', 'repo'), get('blockgate dir repo', 'full backup', 'repo'));
 const r1 = get('blockgate', 'full backup 1 GiB');
 const r8 = get('blockgate', 'full backup 8 GiB');
 if (r1 && r8) ratios['peak RSS 8 GiB / 1 GiB (flat = 1)'] = (r8.rssMiB / r1.rssMiB).toFixed(2);
