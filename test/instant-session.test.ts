@@ -8,6 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
+import { Catalog } from '../catalog/catalog.js';
 import {
   Guest, bg, bgJson, firstDifference, makeSparseImage, preparedBackup, run, showSession, startDaemon, tmpDir, waitFor, type SessionJson,
 } from './helpers/instant.js';
@@ -180,5 +181,27 @@ test('bad requests: unknown backup or volume, throttle of a finished session, ba
   t.is((await bg(data, ['restore', 'throttle', s.id, '--rate', '1M'])).code, 4);
   t.is((await bg(data, ['restore', 'throttle', s.id])).code, 2);
   t.is((await bg(data, ['restore', 'cancel', s.id])).code, 4);
+  await d.kill('SIGTERM');
+});
+
+test('Cinder\'s way to cancel: the backup set to error while restoring cancels the session', async (t) => {
+  const { data, backupId } = await setup(t);
+  const d = await startDaemon(t, data);
+  const s = await bgJson<SessionJson>(data, ['backup', 'restore', 'full', 'tgt', '--instant', '--copy-rate', '128K']);
+  const cat = new Catalog(path.join(data, 'catalog'));
+  try {
+    cat.transition(backupId, ['restoring'], 'error', { fail_reason: 'restore cancelled by the operator', owner: null });
+  } finally {
+    await cat.close();
+  }
+  const v = await waitFor('cancel', async () => {
+    const x = await showSession(data, s.id);
+    return x.status === 'cancelled' ? x : null;
+  }, 15000);
+  t.is(v.status_reason, 'instant restore cancelled: volume incomplete');
+  const vol = await status(data, 'volume', 'tgt');
+  t.is(vol.status, 'error_restoring');
+  t.is((await status(data, 'backup', 'full')).status, 'error');
+  t.not((await run('nbdinfo', ['--size', d.uri('restore-tgt')])).code, 0);
   await d.kill('SIGTERM');
 });
