@@ -146,9 +146,13 @@ export class RbdVolume implements VolumeDriver {
     const child = spawn('rbd', [...rbdBaseArgs(this.o), ...args], { stdio: [stdin === 'pipe' ? 'pipe' : 'ignore', 'pipe', 'pipe'] }) as ChildProcessWithoutNullStreams;
     let err = '';
     child.stderr.setEncoding('utf8').on('data', (d: string) => (err = (err + d).slice(-16384)));
-    let spawnError: Error | null = null;
+    let spawnError: NodeJS.ErrnoException | null = null;
     child.on('error', (e) => (spawnError = e));
-    const exit = waitExit(child, () => (spawnError ? `${err}\n${(spawnError as Error).message}` : err));
+    const exit = waitExit(child, () => {
+      const se = spawnError as NodeJS.ErrnoException | null;
+      if (!se) return err;
+      return `${err}\nrbd: ${se.code === 'ENOENT' ? 'the rbd command is not installed (Debian package ceph-common)' : se.message}`;
+    });
     return { child, stderr: () => err, exit };
   }
 
@@ -158,10 +162,7 @@ export class RbdVolume implements VolumeDriver {
     const out: Buffer[] = [];
     child.stdout.on('data', (d: Buffer) => out.push(d));
     const r = await exit;
-    if (r.code !== 0) {
-      const spawnFail = /ENOENT/.test(r.stderr) && r.code === null ? 'the rbd command is not installed (Debian package ceph-common)' : lastLine(r.stderr);
-      throw new RbdError(`${what} failed: ${spawnFail || `rbd exited with ${r.code ?? r.signal}`}`, errnoOf(r.stderr));
-    }
+    if (r.code !== 0) throw new RbdError(`${what} failed: ${lastLine(r.stderr) || `rbd exited with ${r.code ?? r.signal}`}`, errnoOf(r.stderr));
     return Buffer.concat(out);
   }
 
