@@ -5,6 +5,7 @@ import { loadConfig } from '../../gateway/config.js';
 import { Daemon, makeLogger, nbdUris } from '../../gateway/daemon.js';
 import { BackupExports, OVERLAY_SUFFIX, type OverlaySaveRequest, overlaySaveKey } from '../../gateway/exports/backups.js';
 import { ConflictError, NotFoundError } from '../../catalog/catalog.js';
+import { SessionStore } from '../../catalog/sessions.js';
 import { type Globals, withApp } from './commands.js';
 import { printRecord, printRows } from './output.js';
 
@@ -89,6 +90,11 @@ export function serveCommands(program: Command, g: () => Globals): void {
           const u = nbdUris(host, port, socket, e.name);
           return { name: e.name, backup: b.id, writable: e.name.endsWith('+overlay'), uri: u.tcp, unix_uri: u.unix };
         });
+        // instant-restore targets the daemon serves
+        for (const s of new SessionStore(app.catalog.env).list().filter((x) => x.attached)) {
+          const u = nbdUris(host, port, socket, s.export_name);
+          rows.push({ name: s.export_name, backup: s.backup_id, writable: true, uri: u.tcp, unix_uri: u.unix });
+        }
         printRows(g().format, rows, ['name', 'backup', 'writable', 'uri', 'unix_uri']);
       }),
     );
