@@ -89,7 +89,7 @@ test('SIGKILL of the server: its auto_unmount helper takes the mount down; its r
   t.truthy(await helperOf(m.pid), 'a fusermount helper watches the server');
   m.child.kill('SIGKILL');
   await m.exited;
-  await waitFor('the helper to unmount', async () => !(await findMount(s.mnt)), 10_000);
+  await waitFor('the helper to unmount', async () => !(await findMount(s.mnt)), 20_000);
   t.deepEqual(await mountsUnder(s.dir), []);
   // the open file now fails instead of hanging
   await t.throwsAsync(fh.read(Buffer.alloc(10), 0, 10, 0));
@@ -160,7 +160,7 @@ test('umount of a hung mount (server stopped, not dead) aborts it instead of wai
   const started = Date.now();
   const r = await cli(s.data, ['umount', s.mnt]);
   t.is(r.code, 0, r.stderr);
-  t.regex(r.stdout, /did not stop; detached the mount with|had no live server/);
+  t.regex(r.stdout, /did not stop; detached the mount with umount -l /);
   t.true(Date.now() - started < 40_000);
   t.deepEqual(await mountsUnder(s.dir), []);
   m.child.kill('SIGKILL');

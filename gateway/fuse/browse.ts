@@ -268,7 +268,7 @@ export async function closeBrowse(dirArg: string): Promise<string[]> {
     while (Date.now() < deadline && ((await findMount(state.fuseDir)) || pidAlive(pid))) await new Promise((r) => setTimeout(r, 100));
   }
   if (await findMount(state.fuseDir)) {
-    const how = await lazyUnmount(state.fuseDir, { abort: true });
+    const how = await lazyUnmount(state.fuseDir, { hung: true });
     notes.push(`the catalog mount ${state.fuseDir} did not go away by itself; cleared it with ${how}`);
   }
   await fs.promises.rmdir(state.fuseDir).catch(() => undefined);

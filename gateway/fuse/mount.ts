@@ -132,20 +132,25 @@ async function abortConnection(entry: MountEntry): Promise<boolean> {
 /**
  * Detaches a mount lazily (`fusermount -u -z`, else `umount -l`): it leaves the namespace
  * at once and is freed when its last user goes. Returns the command that did it.
+ * For a mount whose server hangs (`hung`), its FUSE connection is aborted first when
+ * /sys/fs/fuse/connections is there, and `umount -l --no-canonicalize` goes first: fusermount
+ * looks at the mount point (which blocks on a hung server) while holding its lock, which
+ * would also stall every other fusermount on the machine.
  */
-export async function lazyUnmount(mountPoint: string, opts: { abort?: boolean } = {}): Promise<string> {
+export async function lazyUnmount(mountPoint: string, opts: { hung?: boolean } = {}): Promise<string> {
   const mp = path.resolve(mountPoint);
   const entry = await findMount(mp);
-  if (entry && opts.abort) await abortConnection(entry);
-  const tries: [string, string[]][] = [
+  if (entry && opts.hung) await abortConnection(entry);
+  const fusermount: [string, string[]][] = [
     ['fusermount', ['-u', '-z', mp]],
     ['fusermount3', ['-u', '-z', mp]],
-    ['umount', ['-l', mp]],
   ];
+  const umount: [string, string[]] = ['umount', ['-l', '--no-canonicalize', mp]];
+  const tries = opts.hung && process.getuid?.() === 0 ? [umount, ...fusermount] : [...fusermount, umount];
   const errors: string[] = [];
   for (const [cmd, args] of tries) {
     const r = await run(cmd, args, { timeoutMs: 20_000 });
-    if (r.code === 0) return `${cmd} ${args.join(' ')}`;
+    if (r.code === 0) return `${cmd} ${args.filter((a) => a !== '--no-canonicalize').join(' ')}`;
     errors.push(`${cmd}: ${r.stderr.trim() || `exit ${r.code}`}`);
     if (!(await findMount(mp))) return `${cmd} ${args.join(' ')}`;
   }
@@ -364,6 +369,15 @@ export function fuseOps(cfs: CatalogFs, log?: (msg: string) => void): FuseOps {
   };
 }
 
+function processState(pid: number): string | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0];
+  } catch {
+    return undefined;
+  }
+}
+
 function looksLikeMountServer(pid: number): boolean {
   try {
     const args = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
@@ -394,15 +408,16 @@ export async function unmountCatalog(mountPoint: string, opts: { waitMs?: number
   }
   if (pid && pid !== process.pid && pidAlive(pid) && looksLikeMountServer(pid)) {
     process.kill(pid, 'SIGTERM');
-    const deadline = Date.now() + (opts.waitMs ?? 10_000);
+    // a stopped process (SIGSTOP, a debugger) will not act on it: do not wait for it
+    const deadline = Date.now() + (processState(pid) === 'T' || processState(pid) === 't' ? 0 : (opts.waitMs ?? 10_000));
     while (Date.now() < deadline) {
       const e = await findMount(mp);
       if (!e || servingPid(e) !== pid) return `unmounted ${mp} (stopped pid ${pid})`;
       await new Promise((r) => setTimeout(r, 100));
     }
-    const how = await lazyUnmount(mp, { abort: true });
+    const how = await lazyUnmount(mp, { hung: true });
     return `pid ${pid} serving ${mp} did not stop; detached the mount with ${how}`;
   }
-  const how = await lazyUnmount(mp, { abort: probe.state === 'hung' });
+  const how = await lazyUnmount(mp, { hung: probe.state === 'hung' });
   return `${mp} had no live server${probe.state === 'hung' ? ` and did not answer (${probe.detail})` : ''}; detached it with ${how}`;
 }

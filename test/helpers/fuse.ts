@@ -95,9 +95,10 @@ export async function helperOf(pid: number): Promise<number | undefined> {
 
 /** lazily detaches whatever is mounted at mnt (teardown; never throws) */
 export async function clearMount(mnt: string): Promise<void> {
+  // umount -l --no-canonicalize never looks at the mount (a hung one would block)
   for (let i = 0; i < 5 && (await findMount(mnt)); i++) {
-    const r = await run('fusermount', ['-u', '-z', mnt]);
-    if (r.code !== 0) await run('umount', ['-l', mnt]);
+    const r = await run('umount', ['-l', '--no-canonicalize', mnt]);
+    if (r.code !== 0) await run('fusermount', ['-u', '-z', mnt]);
   }
 }
 
@@ -139,7 +140,7 @@ export function cleanupUnder(t: ExecutionContext, dir: string): void {
       const mounts = (await listMounts()).filter((m) => m.mountPoint.startsWith(path.resolve(dir) + '/')).map((m) => m.mountPoint);
       if (!mounts.length) break;
       for (const m of mounts.sort((a, b) => b.length - a.length)) {
-        const r = await run('umount', ['-l', m]);
+        const r = await run('umount', ['-l', '--no-canonicalize', m]);
         if (r.code !== 0) await run('fusermount', ['-u', '-z', m]);
       }
     }
