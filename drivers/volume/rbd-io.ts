@@ -46,6 +46,9 @@ def main():
         return
     try:
         cluster = rados.Rados(conffile=conf, rados_id=(user or None))
+        # a cluster that stops answering fails requests instead of hanging them for ever
+        cluster.conf_set('rados_mon_op_timeout', '60')
+        cluster.conf_set('rados_osd_op_timeout', '120')
         cluster.connect(timeout=30)
         ioctx = cluster.open_ioctx(pool)
         img = rbd.Image(ioctx, image, read_only=(mode == 'read'))

@@ -90,9 +90,15 @@ function resolveOptions(o: RbdOptions = {}): { conf?: string; user?: string } {
   return { ...(conf ? { conf: path.resolve(conf) } : {}), ...(user ? { user: user.replace(/^client\./, '') } : {}) };
 }
 
-/** The common arguments of every `rbd` run: cluster, user, and a bound on connecting. */
+/**
+ * Bounds on waiting for a cluster that does not answer (librados waits forever by default):
+ * connecting, monitor and OSD operations. Generous, so a loaded cluster is not cut short.
+ */
+export const CEPH_TIMEOUTS = { client_mount_timeout: 30, rados_mon_op_timeout: 60, rados_osd_op_timeout: 120 } as const;
+
+/** The common arguments of every `rbd` run: cluster, user, timeouts. */
 export function rbdBaseArgs(o: { conf?: string; user?: string }): string[] {
-  return [...(o.conf ? ['--conf', o.conf] : []), ...(o.user ? ['--id', o.user] : []), '--client_mount_timeout', '30'];
+  return [...(o.conf ? ['--conf', o.conf] : []), ...(o.user ? ['--id', o.user] : []), ...Object.entries(CEPH_TIMEOUTS).flatMap(([k, v]) => [`--${k}`, String(v)])];
 }
 
 /** The last meaningful line of rbd's stderr ("rbd: error opening image x: (2) No such file or directory"). */

@@ -42,9 +42,19 @@ function startCluster(work: string, sizeMiB: number): Cluster {
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'inherit'],
   });
+  let stopped = false;
+  const onSignal = (sig: NodeJS.Signals) => {
+    stop();
+    process.kill(process.pid, sig);
+  };
   const stop = () => {
+    if (stopped) return;
+    stopped = true;
+    process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
     spawnSync('bash', [path.join(CEPH_TOOLS, 'ceph-down.sh'), dir], { stdio: 'inherit' });
   };
+  // an interrupted bench still stops its cluster
+  process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
   if (r.status !== 0) {
     stop();
     throw new Error(`tools/ceph/ceph-up.sh failed (exit ${r.status})`);
