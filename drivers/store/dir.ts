@@ -110,8 +110,7 @@ export class DirStore implements ObjectStore {
 
   async has(name: string): Promise<boolean> {
     try {
-      await fs.access(this.file(name));
-      return true;
+      return (await fs.stat(this.file(name))).isFile();
     } catch {
       return false;
     }

@@ -177,25 +177,35 @@ async function copyChanges(app: Appliance, rec: BackupRecord, source: ChangeSour
   let cur = -1;
   let slot = -1;
   let changed = 0;
+  // byte ranges of the open chunk that the diff wrote; the rest comes from the parent's chunk
+  let covered: [number, number][] = [];
   const open = async (i: number) => {
     slot = await sink.acquire();
     cur = i;
-    const buf = sink.buffer(slot);
-    const len = Math.min(cs, rec.size_bytes - i * cs);
-    const digest = parentMap && i < parentMap.chunkCount ? parentMap.entry(i) : null;
-    if (digest) {
-      const data = await chunks.read(digest);
-      data.copy(buf, 0, 0, Math.min(len, data.length));
-      if (data.length < len) buf.fill(0, data.length, len);
-    } else {
-      buf.fill(0, 0, len);
-    }
+    covered = [];
   };
   const close = () => {
     if (cur < 0) return;
-    sink.put(cur, slot, Math.min(cs, rec.size_bytes - cur * cs));
+    const i = cur;
+    const len = Math.min(cs, rec.size_bytes - i * cs);
+    const mine = covered;
+    const whole = mine.length === 1 && mine[0]![0] === 0 && mine[0]![1] >= len;
+    // the parent's chunk is fetched in the background, in parallel with the next chunks
+    sink.put(i, slot, len, whole ? undefined : (buf) => fillGaps(buf, len, mine, parentMap && i < parentMap.chunkCount ? parentMap.entry(i) : null));
     changed++;
     cur = -1;
+  };
+  const fillGaps = async (buf: Buffer, len: number, ranges: [number, number][], digest: string | null) => {
+    const base = digest ? await chunks.read(digest) : null;
+    let pos = 0;
+    for (const [from, to] of [...ranges, [len, len] as [number, number]]) {
+      if (from > pos) {
+        if (base && pos < base.length) base.copy(buf, pos, pos, Math.min(from, base.length));
+        const zeroFrom = base ? Math.max(pos, Math.min(from, base.length)) : pos;
+        if (zeroFrom < from) buf.fill(0, zeroFrom, from);
+      }
+      pos = Math.max(pos, to);
+    }
   };
   try {
     for await (const ext of source.changes(parent?.change_token ?? null)) {
@@ -212,6 +222,9 @@ async function copyChanges(app: Appliance, rec: BackupRecord, source: ChangeSour
         const buf = sink.buffer(slot);
         if (ext.data) ext.data.copy(buf, pos - i * cs, pos - ext.offset, end - ext.offset);
         else buf.fill(0, pos - i * cs, end - i * cs);
+        const last = covered.at(-1);
+        if (last && last[1] === pos - i * cs) last[1] = end - i * cs;
+        else covered.push([pos - i * cs, end - i * cs]);
         pos = end;
       }
       progress?.(source.bytesRead, Math.max(source.bytesRead, 1));

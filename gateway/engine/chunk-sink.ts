@@ -76,9 +76,12 @@ export class ChunkSink {
     return Buffer.from(this.slots[slot]!);
   }
 
-  /** Takes the first `len` bytes of the slot as chunk i; returns at once, work goes on in the background. */
-  put(i: number, slot: number, len: number): void {
-    const job = this.store(i, slot, len)
+  /**
+   * Takes the first `len` bytes of the slot as chunk i; returns at once, work goes on in the
+   * background. `prepare` runs first in that background job (e.g. to fill in what a diff did not cover).
+   */
+  put(i: number, slot: number, len: number, prepare?: (buf: Buffer) => Promise<void>): void {
+    const job = (prepare ? prepare(this.buffer(slot)).then(() => this.store(i, slot, len)) : this.store(i, slot, len))
       .catch((e: unknown) => {
         this.failure ??= e;
       })
