@@ -24,7 +24,7 @@ import { createVolume } from '../gateway/engine/volumes.js';
 import { repoInfo } from '../gateway/engine/repo-info.js';
 import { CODECS, type CodecName } from '../drivers/codec.js';
 import { S3Store } from '../drivers/store/s3.js';
-import { cephSkipReason, cephTest, getS3, type S3Endpoint } from './helpers/ceph.js';
+import { cephTest, getS3, type S3Endpoint } from './helpers/ceph.js';
 import { CLI, cliJson, mixedContent, mutate, sha, tmpDir } from './helpers/core.js';
 import { backup, restoreToBuffer, rewrite, volumeFrom } from './helpers/engine.js';
 import { TcpProxy } from './helpers/tcp-proxy.js';
@@ -33,18 +33,11 @@ const test = cephTest;
 const CS = 64 * 1024;
 const BUCKET = `blockgate-repo-${randomBytes(3).toString('hex')}`;
 
-if (cephSkipReason) {
-  ava('S3 repository tests are skipped', (t) => {
-    t.log(`skipped: ${cephSkipReason}`);
-    t.pass();
-  });
-}
 
 let s3: S3Endpoint;
 let raw: S3Client;
 
 ava.before(async () => {
-  if (cephSkipReason) return;
   s3 = await getS3();
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
   raw = new S3Client({

@@ -10,23 +10,18 @@ import { randomBytes } from 'node:crypto';
 import { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { S3RepositoryError, S3Store, type S3StoreOptions } from '../drivers/store/s3.js';
 import { ObjectNotFoundError } from '../drivers/store/types.js';
-import { cephSkipReason, cephTest, getS3, type S3Endpoint } from './helpers/ceph.js';
+import { cephTest, getS3, type S3Endpoint } from './helpers/ceph.js';
 import { objectStoreContract } from './helpers/store-contract.js';
 import { TcpProxy } from './helpers/tcp-proxy.js';
 
 const test = cephTest;
 const BUCKET = `blockgate-test-${randomBytes(3).toString('hex')}`;
 
-if (cephSkipReason) ava('S3 store tests are skipped', (t) => {
-  t.log(`skipped: ${cephSkipReason}`);
-  t.pass();
-});
 
 let s3: S3Endpoint;
 let raw: S3Client;
 
 ava.before(async () => {
-  if (cephSkipReason) return;
   s3 = await getS3();
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
   raw = new S3Client({

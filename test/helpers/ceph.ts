@@ -40,37 +40,15 @@ export interface CephCluster {
   started: boolean;
 }
 
-const inCI = /^(1|true|yes)$/i.test(process.env.CI ?? '');
-
-function hasCommand(cmd: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
-}
-
-function computeSkipReason(): string | undefined {
-  if (inCI) return undefined;
-  if (process.env.CEPH_CONF) return undefined;
-  if (/^(1|true|yes)$/i.test(process.env.BLOCKGATE_SKIP_CEPH ?? '')) return 'BLOCKGATE_SKIP_CEPH is set';
-  if (['ceph-mon', 'ceph-osd', 'ceph-mgr', 'radosgw', 'rbd'].every(hasCommand)) return undefined;
-  const root = process.getuid?.() === 0;
-  const sudo = !root && spawnSync('sudo', ['-n', 'true'], { stdio: 'ignore' }).status === 0;
-  if (hasCommand('apt-get') && (root || sudo)) return undefined; // ceph-up.sh installs it
-  return 'Ceph is not installed and cannot be installed here (run tools/setup.sh --test as root)';
-}
-
-/** Why Ceph tests are skipped here, or undefined when they run (always under CI=true). */
-export const cephSkipReason: string | undefined = computeSkipReason();
-
+/**
+ * Ceph suites always run: tools/test.sh installs the packages (tools/setup.sh --test) and
+ * starts one cluster for the whole run; a machine where that is impossible fails them.
+ */
 /** Declares one test (the shape store-contract.ts and Ceph tests use). */
 export type DeclareTest = (title: string, implementation: (t: ExecutionContext) => PromiseLike<void> | void) => void;
 
-/**
- * `test`, or `test.skip` when Ceph is unavailable outside CI. Hooks: use ava's own
- * test.before/after and return early when `cephSkipReason` is set.
- */
-export const cephTest: DeclareTest = cephSkipReason ? (title, impl) => test.skip(title, impl) : (title, impl) => test(title, impl);
-export const cephSerialTest: DeclareTest = cephSkipReason
-  ? (title, impl) => test.serial.skip(title, impl)
-  : (title, impl) => test.serial(title, impl);
+export const cephTest: DeclareTest = (title, impl) => test(title, impl);
+export const cephSerialTest: DeclareTest = (title, impl) => test.serial(title, impl);
 
 // ------------------------------------------------------------------ cluster lifecycle
 
