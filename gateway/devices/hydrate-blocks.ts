@@ -1,0 +1,89 @@
+/**
+ * The blocks of a hydrating device and the plain mechanics below its ownership logic: the
+ * device cut into blocks of `blockSize` (the last one possibly shorter), a lock per block
+ * (every change of a block not owned runs under it, see (d) in hydrate.ts), the content a
+ * block must have when it is first owned, and zeroing a range of the target.
+ */
+import { BlockDeviceError, type BlockDevice } from '../../nbd/blockdev.js';
+import type { HydrateSource } from './hydrate-types.js';
+
+export class HydrateBlocks {
+  private readonly locks = new Map<number, Promise<void>>();
+
+  constructor(
+    readonly size: number,
+    readonly blockSize: number,
+    private readonly target: BlockDevice,
+    private readonly source: HydrateSource,
+  ) {}
+
+  blockStart(b: number): number {
+    return b * this.blockSize;
+  }
+
+  blockLen(b: number): number {
+    return Math.min(this.blockSize, this.size - b * this.blockSize);
+  }
+
+  /** splits [offset, offset+length) at block boundaries */
+  *segments(offset: number, length: number): Generator<{ b: number; from: number; to: number }> {
+    const end = offset + length;
+    for (let pos = offset; pos < end; ) {
+      const b = Math.floor(pos / this.blockSize);
+      const to = Math.min(end, this.blockStart(b) + this.blockLen(b));
+      yield { b, from: pos, to };
+      pos = to;
+    }
+  }
+
+  async withLock<T>(b: number, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(b) ?? Promise.resolve();
+    let release!: () => void;
+    const mine = new Promise<void>((r) => (release = r));
+    const tail = prev.then(() => mine);
+    this.locks.set(b, tail);
+    await prev;
+    try {
+      return await fn();
+    } finally {
+      release();
+      if (this.locks.get(b) === tail) this.locks.delete(b);
+    }
+  }
+
+  /**
+   * The content block b must have when it is first owned: the backup's bytes, and past the
+   * backup's end (a target larger than the backup) what the target has. null: all zeroes.
+   */
+  async backupBlock(b: number): Promise<Buffer | null> {
+    const start = this.blockStart(b);
+    const len = this.blockLen(b);
+    const inBackup = Math.max(0, Math.min(len, this.source.size - start));
+    let data: Buffer | null = null;
+    if (inBackup > 0) {
+      try {
+        data = await this.source.read(b);
+      } catch (e) {
+        throw e instanceof BlockDeviceError ? e : new BlockDeviceError('EIO', `backup block ${b} (offset ${start}): ${(e as Error).message}`);
+      }
+      if (data && data.length !== inBackup) throw new BlockDeviceError('EIO', `backup block ${b} holds ${data.length} bytes, expected ${inBackup}`);
+    }
+    if (inBackup === len) return data;
+    const buf = Buffer.alloc(len);
+    data?.copy(buf);
+    const tail = await this.target.read(start + inBackup, len - inBackup);
+    tail.copy(buf, inBackup);
+    return buf;
+  }
+
+  async targetZero(offset: number, length: number): Promise<void> {
+    if (!length) return;
+    if (this.target.zero) {
+      await this.target.zero(offset, length, { mayTrim: true });
+      return;
+    }
+    const step = 1024 * 1024;
+    const z = Buffer.alloc(Math.min(step, length));
+    for (let o = 0; o < length; o += step) await this.target.write!(offset + o, z.subarray(0, Math.min(step, length - o)));
+  }
+}

@@ -1,0 +1,53 @@
+/**
+ * What a session's hydrate device is made of, besides its target: the backup as the source
+ * (its block map and chunks), and which blocks the target owns when hydration (re)starts — on
+ * the first start the prepared target, on resume the bitmap committed in the catalog.
+ */
+import type { MapReader } from '../../catalog/blockmap.js';
+import type { SessionRecord, SessionStore } from '../../catalog/sessions.js';
+import type { VolumeDevice } from '../../drivers/volume/types.js';
+import type { HydrateSource } from '../devices/hydrate.js';
+import type { ChunkReader } from '../read/chunk-reader.js';
+
+/** the backup of `size` bytes (`backupBlocks` blocks) as a hydrate source; blocks past its end are holes */
+export function backupSource(map: MapReader, chunks: ChunkReader, size: number, backupBlocks: number): HydrateSource {
+  return {
+    size,
+    isHole: (b) => b >= backupBlocks || map.entry(b) === null,
+    read: async (b) => {
+      const digest = map.entry(b);
+      return digest === null ? null : chunks.read(digest);
+    },
+  };
+}
+
+export interface StartingOwnership {
+  /** the session record, `running` after a first start */
+  rec: SessionRecord;
+  /** blocks owned (committed), one byte per block */
+  owned: Uint8Array;
+  /** blocks whose target bytes read as zeroes (a freshly truncated sparse target) */
+  knownZero: Uint8Array | undefined;
+}
+
+/**
+ * First start (status `starting`): prepares the target and commits its initial bitmap, the
+ * session `running`. Resume: loads the committed bitmap.
+ */
+export async function startingOwnership(store: SessionStore, rec: SessionRecord, target: VolumeDevice, map: MapReader, backupBlocks: number): Promise<StartingOwnership> {
+  const blocks = Math.ceil(target.size / rec.block_size);
+  if (rec.status !== 'starting') return { rec, owned: store.loadOwned(rec.id, blocks), knownZero: undefined };
+  // nothing was exported yet: make a file target sparse, so every hole of the backup
+  // (and whatever lies past its end) already reads as zeroes and is owned from the start
+  const sparse = target.sparseFile && typeof (target as unknown as { makeSparse?: unknown }).makeSparse === 'function';
+  if (sparse) await (target as unknown as { makeSparse(): Promise<void> }).makeSparse();
+  const owned = new Uint8Array(blocks);
+  for (let b = 0; b < blocks; b++) {
+    if (b >= backupBlocks) owned[b] = 1; // past the backup: the target's own bytes, as a plain restore leaves them
+    else if (sparse && map.entry(b) === null) owned[b] = 1;
+  }
+  const knownZero = sparse ? new Uint8Array(blocks).fill(1) : undefined; // the whole file was just truncated
+  await target.flush?.();
+  const running = await store.initialize(rec.id, owned, { status: 'running', blocks_total: blocks, size_bytes: target.size });
+  return { rec: running, owned, knownZero };
+}
