@@ -24,7 +24,7 @@ import { createVolume } from '../gateway/engine/volumes.js';
 import { repoInfo } from '../gateway/engine/repo-info.js';
 import { CODECS, type CodecName } from '../drivers/codec.js';
 import { S3Store } from '../drivers/store/s3.js';
-import { cephTest, getS3, type S3Endpoint } from './helpers/ceph.js';
+import { cephTest, getS3, rawS3Client, type S3Endpoint } from './helpers/ceph.js';
 import { CLI, cliJson, mixedContent, mutate, sha, tmpDir } from './helpers/core.js';
 import { backup, restoreToBuffer, rewrite, volumeFrom } from './helpers/engine.js';
 import { TcpProxy } from './helpers/tcp-proxy.js';
@@ -33,20 +33,12 @@ const test = cephTest;
 const CS = 64 * 1024;
 const BUCKET = `blockgate-repo-${randomBytes(3).toString('hex')}`;
 
-
 let s3: S3Endpoint;
 let raw: S3Client;
 
 ava.before(async () => {
   s3 = await getS3();
-  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
-  raw = new S3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-  });
+  raw = rawS3Client(s3);
   const st = await S3Store.open({ endpoint: s3.endpoint, region: s3.region, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey, bucket: BUCKET, createBucket: true });
   await st.close();
 });

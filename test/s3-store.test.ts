@@ -10,27 +10,19 @@ import { randomBytes } from 'node:crypto';
 import { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { S3RepositoryError, S3Store, type S3StoreOptions } from '../drivers/store/s3.js';
 import { ObjectNotFoundError } from '../drivers/store/types.js';
-import { cephTest, getS3, type S3Endpoint } from './helpers/ceph.js';
+import { cephTest, getS3, rawS3Client, type S3Endpoint } from './helpers/ceph.js';
 import { objectStoreContract } from './helpers/store-contract.js';
 import { TcpProxy } from './helpers/tcp-proxy.js';
 
 const test = cephTest;
 const BUCKET = `blockgate-test-${randomBytes(3).toString('hex')}`;
 
-
 let s3: S3Endpoint;
 let raw: S3Client;
 
 ava.before(async () => {
   s3 = await getS3();
-  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
-  raw = new S3Client({
-    endpoint: s3.endpoint,
-    region: s3.region,
-    forcePathStyle: true,
-    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-  });
+  raw = rawS3Client(s3);
   // creates the test bucket
   const s = await S3Store.open({ ...base(), bucket: BUCKET, createBucket: true });
   await s.close();

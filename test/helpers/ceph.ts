@@ -19,6 +19,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { isMainThread } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import type { Readable } from 'node:stream';
+import { S3Client } from '@aws-sdk/client-s3';
 import test, { type ExecutionContext } from 'ava';
 
 export const CEPH_TOOLS = fileURLToPath(new URL('../../../tools/ceph/', import.meta.url));
@@ -280,4 +281,16 @@ export async function rbdApply(c: CephCluster, pool: string, image: string, ops:
   // /usr/bin/python3: the Debian python that has the rados/rbd modules (not a pyenv shim)
   const py = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
   await run(py, ['-c', PY_OPS], { env: c.env, input: Buffer.from(JSON.stringify(req)) });
+}
+
+/** a plain S3 client on the test endpoint, for looking under the repository driver */
+export function rawS3Client(s3: S3Endpoint): S3Client {
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true';
+  return new S3Client({
+    endpoint: s3.endpoint,
+    region: s3.region,
+    forcePathStyle: true,
+    credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+  });
 }

@@ -2,6 +2,7 @@
 import path from 'node:path';
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
+import { createInterface } from 'node:readline';
 import type { ExecutionContext } from 'ava';
 import { CLI } from './core.js';
 
@@ -16,34 +17,38 @@ export interface RunningDaemon {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
+/**
+ * Collects the daemon's stderr lines into `log` and resolves with the port of its
+ * "listening" JSON line; rejects if it exits first or is silent for `timeoutMs`.
+ */
+export function waitListening(child: ChildProcess, log: string[], timeoutMs = 20000): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`daemon did not start:\n${log.join('\n')}`)), timeoutMs);
+    createInterface({ input: child.stderr! }).on('line', (line) => {
+      log.push(line);
+      try {
+        const j = JSON.parse(line) as { event?: string; port?: number };
+        if (j.event === 'listening') {
+          clearTimeout(timer);
+          resolve(j.port!);
+        }
+      } catch {
+        /* not JSON */
+      }
+    });
+    child.on('exit', (code, sig) => {
+      clearTimeout(timer);
+      reject(new Error(`daemon exited (${code ?? sig}):\n${log.join('\n')}`));
+    });
+  });
+}
+
 export async function startDaemon(t: ExecutionContext, dataDir: string, extra: string[] = []): Promise<RunningDaemon> {
   const socket = path.join(dataDir, `nbd-${process.pid}.sock`);
   const child = spawn(process.execPath, [CLI, '--data-dir', dataDir, 'serve', '--nbd-port', '0', '--nbd-socket', socket, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
   const log: string[] = [];
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  const port = await new Promise<number>((resolve, reject) => {
-    let buf = '';
-    const timer = setTimeout(() => reject(new Error(`daemon did not start: ${log.join('\n')}`)), 15000);
-    child.stderr!.on('data', (d: Buffer) => {
-      buf += d.toString();
-      let nl;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        log.push(line);
-        try {
-          const j = JSON.parse(line) as { event?: string; port?: number };
-          if (j.event === 'listening') {
-            clearTimeout(timer);
-            resolve(j.port!);
-          }
-        } catch {
-          /* not JSON */
-        }
-      }
-    });
-    child.on('exit', (code) => reject(new Error(`daemon exited ${code}: ${log.join('\n')}`)));
-  });
+  const port = await waitListening(child, log);
   const d: RunningDaemon = {
     child,
     port,

@@ -14,6 +14,7 @@ import type { ExecutionContext } from 'ava';
 import { BlockDeviceError, type BlockDevice } from '../../nbd/blockdev.js';
 import type { HydrateSource } from '../../gateway/devices/hydrate.js';
 import { CLI } from './core.js';
+import { waitListening } from './daemon.js';
 
 // ------------------------------------------------------------------ randomness
 
@@ -275,26 +276,7 @@ export async function startDaemon(t: ExecutionContext, dataDir: string): Promise
     }
   });
   const log: string[] = [];
-  const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`daemon did not start:\n${log.join('\n')}`)), 20000);
-    const rl = createInterface({ input: child.stderr! });
-    rl.on('line', (line) => {
-      log.push(line);
-      try {
-        const j = JSON.parse(line) as { event?: string; port?: number };
-        if (j.event === 'listening') {
-          clearTimeout(timer);
-          resolve(j.port!);
-        }
-      } catch {
-        /* not JSON */
-      }
-    });
-    child.on('exit', (code, sig) => {
-      clearTimeout(timer);
-      reject(new Error(`daemon exited (${code ?? sig}):\n${log.join('\n')}`));
-    });
-  });
+  const port = await waitListening(child, log);
   return {
     child,
     pid,

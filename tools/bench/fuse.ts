@@ -10,17 +10,8 @@ import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { CLI, type Row } from './core.js';
 import { makeFsImage } from './image.js';
-import { dropCaches, measure, sh } from './run.js';
+import { dropCaches, measure, peakRssMiB, sh } from './run.js';
 import { findMount, lazyUnmount } from '../../gateway/fuse/mount.js';
-
-function peakRssMiB(pid: number): number {
-  try {
-    const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) / 1024 : 0;
-  } catch {
-    return 0;
-  }
-}
 
 async function waitFor(what: string, ok: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

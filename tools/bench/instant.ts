@@ -15,7 +15,7 @@ import { controlRequest } from '../../gateway/instant/control.js';
 import type { SessionView } from '../../gateway/instant/sessions.js';
 import { CLI, type Row } from './core.js';
 import { makeFsImage } from './image.js';
-import { dropCaches, measure, sh } from './run.js';
+import { dropCaches, measure, peakRssMiB, sh } from './run.js';
 
 const GiB = 1024 ** 3;
 
@@ -52,15 +52,6 @@ async function stopDaemon(d: Daemon): Promise<void> {
   const done = new Promise((r) => d.child.on('exit', r));
   d.child.kill('SIGTERM');
   await done;
-}
-
-function peakRssMiB(pid: number): number {
-  try {
-    const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return m ? Number(m[1]) / 1024 : 0;
-  } catch {
-    return 0;
-  }
 }
 
 /** a sparse image with 16 MiB of random data scattered over it */

@@ -39,3 +39,13 @@ export function dropCaches(): void {
     /* not root or not allowed: figures include the page cache */
   }
 }
+
+/** a running process's peak resident set (VmHWM), MiB; 0 if it is gone */
+export function peakRssMiB(pid: number): number {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : 0;
+  } catch {
+    return 0;
+  }
+}
