@@ -13,7 +13,10 @@ fi
 npm run build --silent || { echo "build failed"; echo "0 passed, 1 failed"; exit 1; }
 
 cleanup() {
-  if [ -n "${BG_CEPH_DIR:-}" ]; then bash "$root/tools/ceph/ceph-down.sh" "$BG_CEPH_DIR" >/dev/null 2>&1 || true; fi
+  if [ -n "${BG_CEPH_DIR:-}" ]; then
+    bash "$root/tools/ceph/ceph-down.sh" "$BG_CEPH_DIR" >/dev/null 2>&1 || true
+    rm -f "$BG_CEPH_DIR.log"
+  fi
 }
 trap cleanup EXIT INT TERM
 
