@@ -48,14 +48,19 @@ export function makeFsImage(file: string, sizeMiB: number, workDir: string): voi
 /** A larger image made quickly: the fs image repeated with a random block every 64 MiB, then zeros. */
 export function makeLargeImage(file: string, sizeMiB: number, seedImage: string): void {
   const fd = fs.openSync(file, 'w');
-  const seed = fs.readFileSync(seedImage);
-  let off = 0;
+  const seed = fs.openSync(seedImage, 'r');
+  const seedSize = fs.fstatSync(seed).size;
+  const piece = Buffer.allocUnsafe(64 * 1024 * 1024);
   const end = sizeMiB * 1024 * 1024;
-  while (off + seed.length <= end * 0.7) {
-    fs.writeSync(fd, seed, 0, seed.length, off);
+  for (let off = 0; off + seedSize <= end * 0.7; off += seedSize) {
+    for (let at = 0; at < seedSize; ) {
+      const n = fs.readSync(seed, piece, 0, Math.min(piece.length, seedSize - at), at);
+      fs.writeSync(fd, piece, 0, n, off + at);
+      at += n;
+    }
     fs.writeSync(fd, randomBytes(4096), 0, 4096, off + 4096); // keep copies distinct enough
-    off += seed.length;
   }
+  fs.closeSync(seed);
   fs.ftruncateSync(fd, end);
   fs.closeSync(fd);
 }

@@ -24,9 +24,18 @@ const suites: Record<string, (work: string, sizeMiB: number) => Promise<Row[]>> 
 };
 const only = process.argv.slice(2);
 const rows: Row[] = [];
+const failed: string[] = [];
 for (const [name, run] of Object.entries(suites)) {
   if (only.length && !only.includes(name)) continue;
-  rows.push(...(await run(work, sizeMiB)));
+  try {
+    const got = await run(work, sizeMiB);
+    rows.push(...got);
+    for (const r of got) console.error(`bench: ${r.suite} ${r.tool} ${r.op}: ${r.seconds.toFixed(2)} s, ${r.mbps.toFixed(1)} MB/s, ${r.rssMiB.toFixed(0)} MiB`);
+  } catch (e) {
+    // one suite failing (a peer missing, a server that would not start) does not lose the others
+    failed.push(`${name}: ${(e as Error).message}`);
+    console.error(`bench: suite ${name} failed: ${(e as Error).stack}`);
+  }
 }
 
 const pad = (s: string, n: number) => s.padEnd(n);
@@ -63,4 +72,8 @@ const r8 = get('blockgate', 'full backup 8 GiB');
 if (r1 && r8) ratios['peak RSS 8 GiB / 1 GiB (flat = 1)'] = (r8.rssMiB / r1.rssMiB).toFixed(2);
 console.log('\nratios (blockgate / peer, throughput):');
 for (const [k, v] of Object.entries(ratios)) console.log(`  ${k}: ${v}`);
-fs.writeFileSync(path.join(work, 'results.json'), JSON.stringify({ date: new Date().toISOString(), sizeMiB, rows, ratios }, null, 2));
+fs.writeFileSync(path.join(work, 'results.json'), JSON.stringify({ date: new Date().toISOString(), sizeMiB, rows, ratios, failed }, null, 2));
+if (failed.length) {
+  console.log(`\nsuites that failed:\n  ${failed.join('\n  ')}`);
+  process.exitCode = 1;
+}
