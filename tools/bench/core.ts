@@ -8,7 +8,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createHash } from 'node:crypto';
 import { changeBlocks, makeFsImage, makeLargeImage } from './image.js';
-import { dropCaches, measure, sh } from './run.js';
+import { measure, sh, warmCache } from './run.js';
 
 export const CLI = fileURLToPath(new URL('../cli.js', import.meta.url));
 
@@ -39,6 +39,9 @@ export async function benchCore(work: string, sizeMiB: number): Promise<Row[]> {
   console.error(`bench: making a ${sizeMiB} MiB ext4 image`);
   makeFsImage(img, sizeMiB, work);
 
+  // the image is read from the page cache by every tool: this VM's disk varies 4x from one cold
+  // read to the next, which would drown the tools' own differences
+  const warm = () => warmCache(img);
   const data = path.join(work, 'bg-data');
   const bg = (args: string[]) => measure(process.execPath, [CLI, '--data-dir', data, ...args]);
   const restic = path.join(work, 'restic-repo');
@@ -51,20 +54,20 @@ export async function benchCore(work: string, sizeMiB: number): Promise<Row[]> {
   await sh('borg', ['init', '--encryption=none'], borgEnv);
 
   console.error('bench: full backups');
-  dropCaches();
+  warm();
   row('blockgate', 'full backup', await bg(['backup', 'create', 'vol', '--name', 'full']));
-  dropCaches();
+  warm();
   row('restic', 'full backup', await measure('restic', ['backup', '-q', img], resticEnv));
-  dropCaches();
+  warm();
   row('borg', 'full backup', await measure('borg', ['create', '--chunker-params', 'fixed,4194304', '--read-special', '::full', img], borgEnv, work));
 
   const changed = changeBlocks(img, 0.05);
   console.error(`bench: incremental backups after changing ${changed} blocks`);
-  dropCaches();
+  warm();
   row('blockgate', 'incremental 5%', await bg(['backup', 'create', '--incremental', 'vol', '--name', 'inc']));
-  dropCaches();
+  warm();
   row('restic', 'incremental 5%', await measure('restic', ['backup', '-q', img], resticEnv));
-  dropCaches();
+  warm();
   row('borg', 'incremental 5%', await measure('borg', ['create', '--chunker-params', 'fixed,4194304', '--read-special', '::inc', img], borgEnv, work));
 
   console.error('bench: restores');
@@ -73,7 +76,7 @@ export async function benchCore(work: string, sizeMiB: number): Promise<Row[]> {
   for (const tool of ['blockgate', 'restic', 'borg']) {
     fs.rmSync(out, { recursive: true, force: true });
     fs.mkdirSync(out, { recursive: true });
-    dropCaches();
+    warm();
     let m;
     let file: string;
     if (tool === 'blockgate') {
@@ -98,7 +101,7 @@ export async function benchCore(work: string, sizeMiB: number): Promise<Row[]> {
     const d = path.join(work, `bg-rss-${gib}`);
     fs.rmSync(d, { recursive: true, force: true });
     await sh(process.execPath, [CLI, '--data-dir', d, 'volume', 'create', '--name', 'big', '--file', big]);
-    dropCaches();
+    warm();
     const m = await measure(process.execPath, [CLI, '--data-dir', d, 'backup', 'create', 'big']);
     row('blockgate', `full backup ${gib} GiB`, m, gib * 1024 ** 3);
     fs.rmSync(d, { recursive: true, force: true });

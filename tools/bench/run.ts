@@ -1,5 +1,5 @@
 /** Runs a command under GNU time and reports wall seconds and peak RSS. */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -31,8 +31,12 @@ export function sh(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): Pr
   return measure(cmd, args, env).then((m) => m.stdout);
 }
 
-/** drops the page cache when allowed, so "first read" numbers mean what they say */
+/**
+ * Flushes dirty data (so one tool's writeback does not slow the next one's reads) and drops
+ * the page cache when allowed, so "first read" numbers mean what they say.
+ */
 export function dropCaches(): void {
+  spawnSync('sync');
   try {
     fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
   } catch {
@@ -48,4 +52,10 @@ export function peakRssMiB(pid: number): number {
   } catch {
     return 0;
   }
+}
+
+/** flushes dirty data and reads `file` once, so the next measurement reads it from memory */
+export function warmCache(file: string): void {
+  spawnSync('sync');
+  spawnSync('dd', [`if=${file}`, 'of=/dev/null', 'bs=4M', 'status=none']);
 }
