@@ -5,7 +5,11 @@
  * the next `blockgate mount` clears with a clear message; a killed browse server is cleaned
  * up by `browse --close`. Nothing ever needs a reboot.
  */
-import test, { type ExecutionContext } from 'ava';
+import ava, { type ExecutionContext } from 'ava';
+
+// serial: a hung or stale FUSE mount holds fusermount's machine-wide lock, which would stall
+// the auto_unmount helper another test in this file is waiting for
+const test = ava.serial;
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -89,7 +93,7 @@ test('SIGKILL of the server: its auto_unmount helper takes the mount down; its r
   t.truthy(await helperOf(m.pid), 'a fusermount helper watches the server');
   m.child.kill('SIGKILL');
   await m.exited;
-  await waitFor('the helper to unmount', async () => !(await findMount(s.mnt)), 20_000);
+  await waitFor('the helper to unmount', async () => !(await findMount(s.mnt)), 60_000);
   t.deepEqual(await mountsUnder(s.dir), []);
   // the open file now fails instead of hanging
   await t.throwsAsync(fh.read(Buffer.alloc(10), 0, 10, 0));
