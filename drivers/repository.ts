@@ -76,6 +76,11 @@ export class Repository {
   getChunk(digest: string): Promise<Buffer> {
     return this.store.get(fanout('chunks', digest));
   }
+  /** the local file of a chunk object, when the store has one */
+  chunkPath(digest: string): string | undefined {
+    return this.store.localPath?.(fanout('chunks', digest));
+  }
+
   /** reads a chunk object into `into`; returns its length */
   async getChunkInto(digest: string, into: Buffer): Promise<number> {
     const name = fanout('chunks', digest);

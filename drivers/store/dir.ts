@@ -83,6 +83,10 @@ export class DirStore implements ObjectStore {
     }
   }
 
+  localPath(name: string): string {
+    return this.file(name);
+  }
+
   async getInto(name: string, into: Buffer): Promise<number> {
     let fh: fs.FileHandle;
     try {

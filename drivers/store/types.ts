@@ -18,6 +18,8 @@ export interface ObjectStore {
   get(name: string): Promise<Buffer>;
   /** reads the whole object into `into` and returns its length (optional; faster, no allocation) */
   getInto?(name: string, into: Buffer): Promise<number>;
+  /** a local file holding the object, for stores on a filesystem (optional) */
+  localPath?(name: string): string;
   has(name: string): Promise<boolean>;
   /** removes the object; absent is not an error */
   delete(name: string): Promise<void>;

@@ -4,13 +4,15 @@
  * ArrayBuffers, so nothing is copied between threads.
  */
 import { parentPort } from 'node:worker_threads';
+import { readFileSync } from 'node:fs';
 import { decodeChunk, encodeChunk, isAllZero, sha256 } from '../chunk.js';
 import type { CodecName } from '../codec.js';
 
 export type ChunkTask =
   | { id: number; op: 'hash'; buf: ArrayBuffer; length: number }
   | { id: number; op: 'encode'; buf: ArrayBuffer; length: number; codec: CodecName; out: ArrayBuffer }
-  | { id: number; op: 'decode'; object: ArrayBuffer; offset: number; length: number; digest: string; out?: ArrayBuffer };
+  | { id: number; op: 'decode'; object: ArrayBuffer; offset: number; length: number; digest: string; out?: ArrayBuffer }
+  | { id: number; op: 'decodeFile'; path: string; digest: string };
 
 export type ChunkResult =
   | { id: number; ok: true; buf?: ArrayBuffer; digest?: string; zero?: boolean; out?: ArrayBuffer; outLength?: number; codec?: CodecName; plain?: ArrayBuffer }
@@ -37,6 +39,18 @@ parentPort!.on('message', (t: ChunkTask) => {
       if (enc.object.length > t.out.byteLength) throw new Error(`encoded chunk (${enc.object.length} bytes) exceeds the output buffer`);
       enc.object.copy(Buffer.from(t.out));
       parentPort!.postMessage({ id: t.id, ok: true, buf: t.buf, out: t.out, outLength: enc.object.length, codec: enc.codec } satisfies ChunkResult, [t.buf, t.out]);
+    } else if (t.op === 'decodeFile') {
+      // the worker reads the object itself: the caller's thread never touches the compressed bytes
+      let object: Buffer;
+      try {
+        object = readFileSync(t.path);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        parentPort!.postMessage({ id: t.id, ok: false, error: code === 'ENOENT' ? `chunk ${t.digest} is missing from the repository` : (e as Error).message, name: code === 'ENOENT' ? 'ObjectNotFoundError' : 'Error' } satisfies ChunkResult);
+        return;
+      }
+      const plain = own(decodeChunk(object, t.digest));
+      parentPort!.postMessage({ id: t.id, ok: true, plain } satisfies ChunkResult, [plain]);
     } else if (t.out) {
       // decode into the caller's buffer and hand both back: no allocation on the caller's side
       const plain = decodeChunk(Buffer.from(t.object, t.offset, t.length), t.digest);

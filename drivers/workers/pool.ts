@@ -98,6 +98,12 @@ export class ChunkWorkerPool {
     return Buffer.from(r.plain!);
   }
 
+  /** Reads a chunk object from a local file, decodes and verifies it, all in the worker. */
+  async decodeFile(path: string, digest: string): Promise<Buffer> {
+    const r = await this.run({ op: 'decodeFile', path, digest }, []);
+    return Buffer.from(r.plain!);
+  }
+
   /**
    * Decodes and verifies object[0..length) into `out`; both buffers are transferred and
    * handed back. Returns the plaintext as a view of `out`.

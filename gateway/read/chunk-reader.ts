@@ -16,6 +16,8 @@ export interface ChunkReader {
 export class RepoChunkReader implements ChunkReader {
   constructor(private readonly repo: Repository, private readonly pool: ChunkWorkerPool) {}
   async read(digest: string): Promise<Buffer> {
+    const local = this.repo.chunkPath(digest);
+    if (local) return this.pool.decodeFile(local, digest);
     const object = await this.repo.getChunk(digest);
     return this.pool.decode(object, digest);
   }
