@@ -7,21 +7,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DEFAULT_CHUNK } from '../drivers/chunk.js';
 import type { CodecName } from '../drivers/codec.js';
+import type { S3StoreOptions } from '../drivers/store/s3.js';
 
 export interface DirRepoConfig {
   driver: 'dir';
   path: string;
 }
-export interface S3RepoConfig {
-  driver: 's3';
-  bucket: string;
-  prefix?: string;
-  endpoint?: string;
-  region?: string;
-  accessKeyId?: string;
-  secretAccessKey?: string;
-  concurrency?: number;
-}
+/** the S3 driver's own options (type only: the SDK is loaded when an S3 repository is opened) */
+export type S3RepoConfig = { driver: 's3' } & Pick<S3StoreOptions, 'bucket' | 'prefix' | 'endpoint' | 'region' | 'accessKeyId' | 'secretAccessKey' | 'concurrency'>;
 export type RepoDriverConfig = DirRepoConfig | S3RepoConfig;
 
 export interface ApplianceConfig {
