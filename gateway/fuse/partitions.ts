@@ -153,21 +153,27 @@ export async function readPartitionTable(read: ReadAt, size: number): Promise<Pa
   return readMbr(read, size, mbr);
 }
 
+/** A partition's length cut to the disk, or null when it starts past the end; says so in warnings. */
+function fitToDisk(number: number, offset: number, bytes: number, diskSize: number, warnings: string[]): number | null {
+  if (offset >= diskSize) {
+    warnings.push(`partition ${number} starts past the end of the disk; left out`);
+    return null;
+  }
+  if (offset + bytes > diskSize) {
+    warnings.push(`partition ${number} ends past the end of the disk; cut to the disk size`);
+    return diskSize - offset;
+  }
+  return bytes;
+}
+
 async function readMbr(read: ReadAt, size: number, entries: MbrEntry[]): Promise<PartitionTable> {
   const ss = 512;
   const warnings: string[] = [];
   const partitions: Partition[] = [];
   const add = (number: number, start: number, sectors: number, type: number, bootable: boolean) => {
-    let offset = start * ss;
-    let bytes = sectors * ss;
-    if (offset >= size) {
-      warnings.push(`partition ${number} starts past the end of the disk; left out`);
-      return;
-    }
-    if (offset + bytes > size) {
-      warnings.push(`partition ${number} ends past the end of the disk; cut to the disk size`);
-      bytes = size - offset;
-    }
+    const offset = start * ss;
+    const bytes = fitToDisk(number, offset, sectors * ss, size, warnings);
+    if (bytes === null) return;
     partitions.push({ number, offset, size: bytes, type: `0x${type.toString(16).padStart(2, '0')}`, typeName: MBR_TYPES[type], bootable });
   };
   let extended: MbrEntry | undefined;
@@ -288,15 +294,8 @@ async function readGpt(read: ReadAt, size: number): Promise<PartitionTable | nul
         continue;
       }
       const offset = first * ss;
-      let bytes = (last - first + 1) * ss;
-      if (offset >= size) {
-        warnings.push(`partition ${number} starts past the end of the disk; left out`);
-        continue;
-      }
-      if (offset + bytes > size) {
-        warnings.push(`partition ${number} ends past the end of the disk; cut to the disk size`);
-        bytes = size - offset;
-      }
+      const bytes = fitToDisk(number, offset, (last - first + 1) * ss, size, warnings);
+      if (bytes === null) continue;
       const type = formatGuid(e.subarray(0, 16));
       const name = e.subarray(56, 128).toString('utf16le').replace(/\0.*$/s, '');
       const attrs = e.readBigUInt64LE(48);
