@@ -38,6 +38,8 @@ export interface ChangeSource {
 export interface VolumeDevice extends BlockDevice {
   /** true for a regular file that blockgate may make sparse (truncate) before a restore */
   readonly sparseFile: boolean;
+  /** makes the whole device read as zeroes with nothing allocated (regular files only) */
+  makeSparse?(): Promise<void>;
 }
 
 export interface VolumeDriver {

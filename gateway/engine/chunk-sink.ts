@@ -42,7 +42,6 @@ export class ChunkSink {
     readonly chunkSize: number,
     depth: number,
     private readonly sequential: boolean,
-    private readonly onChunk?: (i: number) => void,
   ) {
     this.slots = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize));
     this.outs = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize + CHUNK_HEADER));
@@ -121,7 +120,6 @@ export class ChunkSink {
       }
       this.builder.set(i, h.digest);
     }
-    this.onChunk?.(i);
     if (this.sequential) {
       const lw = this.low.complete(i);
       this.flushPages(this.builder.takeFinishedPages(Math.floor(lw / PAGE_ENTRIES)));

@@ -1,14 +1,12 @@
 /**
- * A bounded, ordered-window pipeline: runs `work(i)` for the items of an iterable with at
- * most `depth` in flight, and tells `onLowWater` how far every earlier item is done (so a
- * block map can finish its pages in order). The first failure stops new work and is thrown
- * once everything in flight settles.
+ * A bounded pipeline: runs `work(item, slot)` for the items of an iterable with at most
+ * `depth` in flight, each with its own slot number (an index into per-slot buffers). The
+ * first failure stops new work and is thrown once everything in flight settles.
  */
 export async function runWindow<T>(
   items: Iterable<T> | AsyncIterable<T>,
   depth: number,
   work: (item: T, slot: number) => Promise<void>,
-  onDone?: (item: T) => void,
 ): Promise<void> {
   const freeSlots = Array.from({ length: depth }, (_, i) => depth - 1 - i);
   const running = new Set<Promise<void>>();
@@ -19,7 +17,6 @@ export async function runWindow<T>(
     if (failure !== undefined) break;
     const slot = freeSlots.pop()!;
     const p: Promise<void> = work(item, slot)
-      .then(() => onDone?.(item))
       .catch((e) => {
         failure ??= e;
       })

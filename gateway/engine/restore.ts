@@ -86,7 +86,7 @@ async function copyBackup(app: Appliance, backup: BackupRecord, target: VolumeRe
   const count = Math.ceil(backup.size_bytes / cs);
   let done = 0;
   try {
-    if (dev.sparseFile) await (dev as unknown as { makeSparse(): Promise<void> }).makeSparse();
+    if (dev.sparseFile) await dev.makeSparse!();
     await runWindow(
       range(count),
       depth,

@@ -39,8 +39,8 @@ export async function startingOwnership(store: SessionStore, rec: SessionRecord,
   if (rec.status !== 'starting') return { rec, owned: store.loadOwned(rec.id, blocks), knownZero: undefined };
   // nothing was exported yet: make a file target sparse, so every hole of the backup
   // (and whatever lies past its end) already reads as zeroes and is owned from the start
-  const sparse = target.sparseFile && typeof (target as unknown as { makeSparse?: unknown }).makeSparse === 'function';
-  if (sparse) await (target as unknown as { makeSparse(): Promise<void> }).makeSparse();
+  const sparse = target.sparseFile && !!target.makeSparse;
+  if (sparse) await target.makeSparse!();
   const owned = new Uint8Array(blocks);
   for (let b = 0; b < blocks; b++) {
     if (b >= backupBlocks) owned[b] = 1; // past the backup: the target's own bytes, as a plain restore leaves them
