@@ -36,7 +36,7 @@ test('instant restore of a 4 GiB sparse backup: attached within 1 s, guest I/O c
   execFileSync('cp', ['--sparse=always', src, expected]);
   const d = await startDaemon(t, data);
 
-  const r = await bg(data, ['-f', 'json', 'backup', 'restore', 'full', 'tgt', '--instant', '--copy-rate', '1M', '--copy-concurrency', '2']);
+  const r = await bg(data, ['-f', 'json', 'backup', 'restore', 'full', 'tgt', '--instant', '--copy-rate', '256K', '--copy-concurrency', '2']);
   t.is(r.code, 0, r.stderr);
   const s = JSON.parse(r.stdout) as SessionJson;
   t.is(s.status, 'running');
