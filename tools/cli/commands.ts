@@ -1,6 +1,7 @@
 /** The volume, backup and repo commands of the `blockgate` CLI. */
 import { spawn } from 'node:child_process';
 import type { Command } from 'commander';
+import { ownerHere } from '../../catalog/catalog.js';
 import { Appliance } from '../../gateway/appliance.js';
 import { loadConfig } from '../../gateway/config.js';
 import { runBackup, startBackup } from '../../gateway/engine/backup.js';
@@ -149,13 +150,13 @@ export function jobCommands(program: Command, g: () => Globals): void {
     .command('backup <id>')
     .action((id: string) =>
       withApp(g(), async (app) => {
-        const rec = app.catalog.backupRecord(id);
-        const { ownerHere } = await import('../../catalog/catalog.js');
+        // this process becomes the backup's owner, so recovery knows whom to watch
+        const rec = { ...app.catalog.backupRecord(id), owner: ownerHere() };
         app.catalog.env.transactionSync(() => {
           app.catalog.registerWriter(rec.id);
-          app.catalog.putBackup({ ...rec, owner: ownerHere() });
+          app.catalog.putBackup(rec);
         });
-        await runBackup(app, { ...rec, owner: ownerHere() });
+        await runBackup(app, rec);
       }),
     );
 }
