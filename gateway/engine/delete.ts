@@ -3,15 +3,26 @@
  * kept as `deleted` (as Cinder keeps deleted rows). Other backups never depend on it for
  * reading, since every map is complete; data no one references any more is reclaimed by GC.
  * `--force` cancels a backup still being created.
+ *
+ * A protected backup (`backup protect`) is never deleted, and neither is one held by a
+ * reader (NBD export, mount, verify): both are checked in the transaction that moves the
+ * backup to `deleting`, so a protect or an attach racing the delete either wins or is refused.
  */
-import { ConflictError, ownerAlive, ownerHere } from '../../catalog/catalog.js';
-import type { BackupRecord } from '../../catalog/records.js';
+import { ConflictError, NotFoundError, ownerAlive, ownerHere } from '../../catalog/catalog.js';
+import { type BackupRecord, type BackupStatus, now } from '../../catalog/records.js';
 import type { Appliance } from '../appliance.js';
+
+const DELETABLE: BackupStatus[] = ['available', 'error', 'error_deleting', 'creating'];
+
+function protectedError(b: BackupRecord): ConflictError {
+  return new ConflictError(`backup ${b.id} is protected; unprotect it first`);
+}
 
 export async function deleteBackup(app: Appliance, ref: string, opts: { force?: boolean } = {}): Promise<BackupRecord> {
   const { catalog, repo } = app;
   const b = catalog.backupRecord(ref);
   if (b.status === 'deleted') throw new ConflictError(`backup ${b.id} is already deleted`);
+  if (b.protected) throw protectedError(b);
   if (b.status === 'restoring') throw new ConflictError(`backup ${b.id} is restoring; cancel the restore first`);
   if (b.status === 'creating') {
     if (!opts.force) throw new ConflictError(`backup ${b.id} is being created; use --force to cancel it`);
@@ -20,9 +31,15 @@ export async function deleteBackup(app: Appliance, ref: string, opts: { force?: 
       return catalog.transition(b.id, ['creating'], 'deleting', { fail_reason: 'cancel requested by delete --force' });
     }
   }
-  const leases = catalog.readerLeases(b.id);
-  if (leases.length) throw new ConflictError(`backup ${b.id} is attached (${leases.join(', ')}); detach it before deleting`);
-  catalog.transition(b.id, ['available', 'error', 'error_deleting', 'creating'], 'deleting', { owner: ownerHere() });
+  catalog.env.transactionSync(() => {
+    const cur = catalog.backups.get(b.id);
+    if (!cur) throw new NotFoundError('backup', b.id);
+    if (cur.protected) throw protectedError(cur);
+    const leases = catalog.readerLeases(b.id);
+    if (leases.length) throw new ConflictError(`backup ${b.id} is attached (${leases.join(', ')}); detach it before deleting`);
+    if (!DELETABLE.includes(cur.status)) throw new ConflictError(`backup ${b.id} is ${cur.status}; it must be ${DELETABLE.join(' or ')}`);
+    catalog.backups.putSync(b.id, { ...cur, status: 'deleting', owner: ownerHere(), updated_at: now() });
+  });
   try {
     await repo.deleteManifest(b.id);
     catalog.env.transactionSync(() => {
@@ -33,4 +50,19 @@ export async function deleteBackup(app: Appliance, ref: string, opts: { force?: 
     catalog.transition(b.id, ['deleting'], 'error_deleting', { owner: null, fail_reason: (e as Error).message });
     throw e;
   }
+}
+
+/** Sets or clears a backup's protection; a backup being deleted (or deleted) cannot be protected. */
+export function setProtected(app: Appliance, ref: string, on: boolean): BackupRecord {
+  const { catalog } = app;
+  const id = catalog.backupRecord(ref).id;
+  let out!: BackupRecord;
+  catalog.env.transactionSync(() => {
+    const cur = catalog.backups.get(id);
+    if (!cur) throw new NotFoundError('backup', id);
+    if (on && (cur.status === 'deleted' || cur.status === 'deleting')) throw new ConflictError(`backup ${id} is ${cur.status}; it cannot be protected`);
+    out = { ...cur, protected: on, updated_at: now() };
+    catalog.backups.putSync(id, out);
+  });
+  return out;
 }
