@@ -72,6 +72,22 @@ export interface BackupRecord {
   change_token: string | null;
   /** bytes read from the volume to make this backup */
   bytes_read: number;
+  /** a protected backup is never pruned or deleted (backup protect / unprotect) */
+  protected?: boolean;
+  /** the last verification: when, its outcome, and the blocks that failed (bounded list) */
+  verified_at?: string | null;
+  verify_state?: 'ok' | 'failed' | null;
+  verify_failures?: VerifyFailure[];
+}
+
+/** One block of a backup that failed verification. */
+export interface VerifyFailure {
+  /** chunk index in the backup's map, and its byte offset in the volume */
+  block: number;
+  offset: number;
+  /** the chunk (or map page) digest the block names */
+  chunk: string;
+  error: string;
 }
 
 /** The record as users see it, with has_dependent_backups computed from the live chain. */

@@ -13,6 +13,7 @@ import { FileVolume } from '../drivers/volume/file.js';
 import { RbdVolume } from '../drivers/volume/rbd.js';
 import type { VolumeDriver } from '../drivers/volume/types.js';
 import type { VolumeRecord } from '../catalog/records.js';
+import { followRepository } from './engine/follow.js';
 import { type ApplianceConfig, type RepoDriverConfig, type S3RepoConfig, loadConfig } from './config.js';
 
 export type StoreFactory = (cfg: RepoDriverConfig) => Promise<ObjectStore>;
@@ -52,7 +53,7 @@ export class Appliance {
 
   static async open(dataDirOrConfig?: string | ApplianceConfig): Promise<Appliance> {
     const config = typeof dataDirOrConfig === 'object' ? dataDirOrConfig : loadConfig(dataDirOrConfig);
-    fs.mkdirSync(config.dataDir, { recursive: true });
+    fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
     const store = await openStore(config.repository);
     const repo = await Repository.openOrCreate(store, { chunkSize: config.chunkSize, codec: config.codec });
     const catalog = new Catalog(path.join(config.dataDir, 'catalog'));
@@ -63,7 +64,15 @@ export class Appliance {
       await catalog.close();
       throw e;
     }
-    return new Appliance(config, catalog, repo);
+    const app = new Appliance(config, catalog, repo);
+    try {
+      // other appliances sharing the repository may have deleted backups and collected garbage
+      await followRepository(app);
+    } catch (e) {
+      await app.close();
+      throw e;
+    }
+    return app;
   }
 
   get pool(): ChunkWorkerPool {

@@ -5,6 +5,10 @@ import { defaultDataDir } from '../gateway/config.js';
 import { type Globals, backupCommands, jobCommands, repoCommands, volumeCommands } from './cli/commands.js';
 import { exitCodeFor } from './cli/output.js';
 import { extraCommands } from './cli/extra.js';
+import { recordCommands } from './cli/records.js';
+
+// belt and braces: whatever a module creates without an explicit mode is private too
+process.umask(0o077);
 
 const program = new Command();
 program
@@ -24,6 +28,7 @@ backupCommands(program, globals);
 repoCommands(program, globals);
 jobCommands(program, globals);
 extraCommands(program, globals);
+recordCommands(program, globals);
 
 try {
   await program.parseAsync(process.argv);

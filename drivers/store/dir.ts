@@ -6,7 +6,11 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { ObjectNotFoundError, type ObjectStore, type PutOptions, checkObjectName } from './types.js';
+import { ObjectNotFoundError, type ObjectInfo, type ObjectStore, type PutOptions, checkObjectName } from './types.js';
+
+/** repository objects are private to the appliance's user: files 0600, directories 0700 */
+const FILE_MODE = 0o600;
+const DIR_MODE = 0o700;
 
 const TMP_SUFFIX = '.tmp-';
 
@@ -29,11 +33,11 @@ export class DirStore implements ObjectStore {
     const file = this.file(name);
     const dir = path.dirname(file);
     if (!this.madeDirs.has(dir)) {
-      await fs.mkdir(dir, { recursive: true });
+      await fs.mkdir(dir, { recursive: true, mode: DIR_MODE });
       this.madeDirs.add(dir);
     }
     const tmp = `${file}${TMP_SUFFIX}${randomBytes(6).toString('hex')}`;
-    const fh = await fs.open(tmp, 'wx');
+    const fh = await fs.open(tmp, 'wx', FILE_MODE);
     try {
       await fh.writeFile(data);
       if (!opts.deferSync) await fh.datasync();
@@ -83,6 +87,28 @@ export class DirStore implements ObjectStore {
     }
   }
 
+  async getRange(name: string, offset: number, length: number): Promise<Buffer> {
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(this.file(name), 'r');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new ObjectNotFoundError(name, this.location);
+      throw storeError(e, this.location, name);
+    }
+    try {
+      const buf = Buffer.alloc(length);
+      let n = 0;
+      while (n < length) {
+        const { bytesRead } = await fh.read(buf, n, length - n, offset + n);
+        if (bytesRead === 0) break;
+        n += bytesRead;
+      }
+      return buf.subarray(0, n);
+    } finally {
+      await fh.close();
+    }
+  }
+
   localPath(name: string): string {
     return this.file(name);
   }
@@ -128,6 +154,17 @@ export class DirStore implements ObjectStore {
     const base = prefix.replace(/\/+$/, '');
     const start = base ? path.join(this.root, base) : this.root;
     yield* walk(this.root, start);
+  }
+
+  async *listInfo(prefix: string): AsyncIterable<ObjectInfo> {
+    for await (const name of this.list(prefix)) {
+      try {
+        const st = await fs.stat(path.join(this.root, name));
+        yield { name, size: st.size, mtimeMs: st.mtimeMs };
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; // removed meanwhile
+      }
+    }
   }
 }
 

@@ -26,7 +26,7 @@ import {
   PutObjectCommand,
   S3Client,
 } from '@aws-sdk/client-s3';
-import { ObjectNotFoundError, type ObjectStore, checkObjectName } from './types.js';
+import { ObjectNotFoundError, type ObjectInfo, type ObjectStore, checkObjectName } from './types.js';
 import { ACCESS_CODES, type Classified, S3RepositoryError, classify, retryable } from './s3-errors.js';
 
 export { S3RepositoryError } from './s3-errors.js';
@@ -216,13 +216,28 @@ export class S3Store implements ObjectStore {
     );
   }
 
-  async get(name: string): Promise<Buffer> {
+  get(name: string): Promise<Buffer> {
+    return this.fetch(name);
+  }
+
+  async getRange(name: string, offset: number, length: number): Promise<Buffer> {
+    if (length <= 0) return Buffer.alloc(0);
+    try {
+      return await this.fetch(name, `bytes=${offset}-${offset + length - 1}`);
+    } catch (e) {
+      // a range past the end of the object: nothing there
+      if (e instanceof S3RepositoryError && e.statusCode === 416) return Buffer.alloc(0);
+      throw e;
+    }
+  }
+
+  private async fetch(name: string, Range?: string): Promise<Buffer> {
     const Key = this.key(name);
     await this.ready();
     return this.attempt(`get ${name}`, async () => {
       let out;
       try {
-        out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key }));
+        out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key, Range }));
       } catch (e) {
         const c = classify(e);
         if (c.kind === 'not-found-key' || (c.kind === 'other' && c.status === 404)) throw new ObjectNotFoundError(name, this.location);
@@ -263,6 +278,10 @@ export class S3Store implements ObjectStore {
 
   /** Names under the folder `prefix` ("" for all; "a/b" and "a/b/" both mean the folder a/b). */
   async *list(prefix: string): AsyncIterable<string> {
+    for await (const o of this.listInfo(prefix)) yield o.name;
+  }
+
+  async *listInfo(prefix: string): AsyncIterable<ObjectInfo> {
     let p = prefix.replace(/^\/+/, '');
     if (p && !p.endsWith('/')) p += '/';
     if (p && (!PREFIX_RE.test(p) || p.split('/').slice(0, -1).some((s) => s === '' || s === '.' || s === '..'))) {
@@ -278,7 +297,7 @@ export class S3Store implements ObjectStore {
         ),
       );
       for (const o of page.Contents ?? []) {
-        if (o.Key && o.Key.startsWith(this.prefix)) yield o.Key.slice(this.prefix.length);
+        if (o.Key && o.Key.startsWith(this.prefix)) yield { name: o.Key.slice(this.prefix.length), size: o.Size ?? 0, mtimeMs: o.LastModified?.getTime() ?? 0 };
       }
       token = page.IsTruncated ? page.NextContinuationToken : undefined;
       if (page.IsTruncated && !token) {

@@ -25,7 +25,18 @@ export interface ObjectStore {
   delete(name: string): Promise<void>;
   /** names (full, relative to the store) under prefix, in no particular order */
   list(prefix: string): AsyncIterable<string>;
+  /** like list, with each object's size and last-modified time */
+  listInfo(prefix: string): AsyncIterable<ObjectInfo>;
+  /** `length` bytes of the object from `offset` (fewer at its end); throws ObjectNotFoundError if absent */
+  getRange(name: string, offset: number, length: number): Promise<Buffer>;
   close?(): Promise<void>;
+}
+
+export interface ObjectInfo {
+  name: string;
+  size: number;
+  /** last modification, ms since the epoch */
+  mtimeMs: number;
 }
 
 export interface PutOptions {

@@ -16,6 +16,8 @@ import type { BlockDevice } from '../../nbd/blockdev.js';
 import type { Appliance } from '../appliance.js';
 import { RepoChunkReader } from '../read/chunk-reader.js';
 import { ChunkSink } from './chunk-sink.js';
+import { type HeldObject, describeHolder, readEpoch, runningGc, startWriterLease } from '../../drivers/coordination.js';
+import { followRepository } from './follow.js';
 
 export interface BackupOptions {
   volume: string;
@@ -92,20 +94,40 @@ export async function startBackup(app: Appliance, opts: BackupOptions): Promise<
   return rec;
 }
 
-/** Runs a backup recorded by startBackup to `available` (or `error`). */
+/**
+ * Runs a backup recorded by startBackup to `available` (or `error`).
+ *
+ * Towards other appliances sharing the repository (see gateway/engine/gc.ts): a writer lease
+ * is held from before the chunk index is consulted until the commit, so a GC anywhere waits;
+ * the GC epoch is read at the start and again once the manifest is written, and a change
+ * fails the backup (a GC may have swept what it deduplicated onto) instead of committing it.
+ */
 export async function runBackup(app: Appliance, rec: BackupRecord, progress?: Progress, from?: BlockDevice): Promise<BackupRecord> {
   const { catalog } = app;
+  const store = app.repo.store;
   let source: ChangeSource | null = null;
+  let lease: HeldObject | null = null;
   try {
+    lease = await startWriterLease(store, `backup ${rec.id}`);
+    const gc = await runningGc(store);
+    if (gc) throw new ConflictError(`garbage collection is running on the repository (${describeHolder(gc)}); back up again when it ends`);
+    const epoch = await readEpoch(store);
+    await followRepository(app, epoch);
     const driver = app.volumeDriver(catalog.volume(rec.volume_id));
     source = from ? null : ((await driver.snapshotForBackup?.(rec.id)) ?? null);
     const parent = rec.parent_id ? catalog.backups.get(rec.parent_id) : undefined;
     const done = source ? await copyChanges(app, rec, source, parent, progress) : await copyVolume(app, rec, progress, from);
+    await lease.renew();
+    if ((await readEpoch(store)) !== epoch) {
+      throw new Error('a garbage collection of the repository started while this backup was written (its lease had expired); nothing was committed, back up again');
+    }
     const committed = catalog.commitBackup(done.rec, done.root);
     await source?.commit(parent?.change_token ?? null);
     return committed;
   } catch (e) {
     await source?.abort().catch(() => undefined);
+    // a backup that is not committed has no manifest in the repository
+    await app.repo.deleteManifest(rec.id).catch(() => undefined);
     const cur = catalog.backups.get(rec.id);
     if (cur?.status === 'deleting') {
       return catalog.transition(rec.id, ['deleting'], 'deleted', { owner: null, fail_reason: 'cancelled by delete --force' });
@@ -115,6 +137,7 @@ export async function runBackup(app: Appliance, rec: BackupRecord, progress?: Pr
     throw e;
   } finally {
     catalog.unregisterWriter(rec.id);
+    await lease?.release().catch(() => undefined);
   }
 }
 

@@ -1,13 +1,41 @@
 /**
- * Garbage collection, mark and sweep. It runs alone (no backup is being written meanwhile:
- * the catalog's GC lock and writer registrations keep them apart), marks every page and
- * chunk named by the map of a backup that is not `deleted`, and sweeps the rest: first the
- * index entry is removed (committed), then the object. Killed at any point, it has removed
- * only unreferenced data; a half-swept object left without its index entry is an orphan
- * that the next run removes. Objects of backups that never finished are orphans too.
+ * Garbage collection of a repository that several appliances, catalogs and writers may
+ * share. Mark and sweep, where the mark comes from the repository, not from this catalog:
+ *
+ *   1. take this catalog's GC lock (no local writer), then the repository's GC lock
+ *      (`locks/gc-*`, drivers/coordination.ts: one GC per repository at a time);
+ *   2. refuse while any writer lease in the repository is live (a backup being written on
+ *      any appliance);
+ *   3. start a new GC epoch (`epoch`);
+ *   4. remove the manifests of backups this catalog holds as `error` or `deleted`;
+ *   5. mark: list every manifest in the repository and every page and chunk its map names
+ *      (a manifest or page that cannot be read stops the GC before anything is swept);
+ *   6. sweep every chunk and page object that is not marked (and older than the grace
+ *      window, if one is given), index entry first, then object.
+ *
+ * Why this never removes data a committed backup needs. A backup is committed when its
+ * manifest is in the repository and its writer has seen the epoch unchanged after writing
+ * it (gateway/engine/backup.ts). Take any object X a committed manifest M names, and a GC
+ * that sweeps X. The GC replaced the epoch (3) before it listed the manifests (5). If M was
+ * written before that listing, the listing saw M (read-after-write consistency) and X was
+ * marked: not swept. Otherwise M was written after the listing, hence after the epoch
+ * change, and M's writer read the epoch after writing M: it saw a new token, so it removed
+ * M and failed; M is not committed. Either way no committed manifest loses an object. This
+ * needs no clock; the leases and TTLs only make a GC wait for running backups instead of
+ * failing them. Killed at any point, a GC has removed only unmarked objects, that is, what
+ * no manifest named; its lock expires (its process is gone, or its heartbeat stops).
+ * A backup that was not committed (killed, failed) leaves unnamed objects; they are swept.
+ *
+ * The catalog follows: index entries of swept objects go with them, and backups of this
+ * catalog whose manifest is gone (deleted by another appliance) become `deleted`.
  */
-import { pageChunkDigests, rootDigests } from '../../catalog/blockmap.js';
+import { pageChunkDigests } from '../../catalog/blockmap.js';
+import { ConflictError } from '../../catalog/catalog.js';
+import { decodeManifest } from '../../catalog/manifest.js';
+import { decodeChunk } from '../../drivers/chunk.js';
+import { RepositoryBusyError, acquireGcLock, describeHolder, liveWriters, newEpoch } from '../../drivers/coordination.js';
 import type { Appliance } from '../appliance.js';
+import { followRepository } from './follow.js';
 
 export interface GcReport {
   liveBackups: number;
@@ -16,66 +44,118 @@ export interface GcReport {
   removedPages: number;
   removedManifests: number;
   freedBytes: number;
+  /** unreferenced objects kept because they are younger than the grace window */
+  keptYoung: number;
 }
 
-export async function collectGarbage(app: Appliance, opts: { onPhase?: (phase: string) => void } = {}): Promise<GcReport> {
+export interface GcOptions {
+  onPhase?: (phase: string) => void;
+  /** never sweep an object modified less than this long ago (default 0: leases and the epoch make it safe) */
+  graceMs?: number;
+}
+
+export async function collectGarbage(app: Appliance, opts: GcOptions = {}): Promise<GcReport> {
   const { catalog, repo } = app;
+  const store = repo.store;
   catalog.recoverInterrupted();
   catalog.acquireGc();
   try {
-    opts.onPhase?.('mark');
-    const liveIds = new Set<string>();
-    const livePages = new Set<string>();
-    const liveChunks = new Set<string>();
-    for (const b of catalog.liveBackups()) {
-      const root = catalog.maps.get(b.id);
-      liveIds.add(b.id);
-      if (!root) continue;
-      for (const pd of rootDigests(root)) {
-        if (livePages.has(pd)) continue;
-        livePages.add(pd);
-        for (const cd of pageChunkDigests(catalog.loadPage(pd))) liveChunks.add(cd);
-      }
+    let lock;
+    try {
+      lock = await acquireGcLock(store);
+    } catch (e) {
+      if (e instanceof RepositoryBusyError) throw new ConflictError(e.message);
+      throw e;
     }
-    const report: GcReport = { liveBackups: liveIds.size, liveChunks: liveChunks.size, removedChunks: 0, removedPages: 0, removedManifests: 0, freedBytes: 0 };
-    opts.onPhase?.('sweep');
-    for (const { key, value } of catalog.chunks.getRange({})) {
-      const d = String(key);
-      if (liveChunks.has(d)) continue;
-      await catalog.chunks.remove(d);
-      await repo.deleteChunk(d);
-      report.removedChunks++;
-      report.freedBytes += value.s;
+    try {
+      const writers = await liveWriters(store);
+      if (writers.length) throw new ConflictError(`a backup is being written to the repository (${writers.map(describeHolder).join('; ')}); run gc when it ends`);
+      const epoch = await newEpoch(store);
+      return await markAndSweep(app, epoch, opts);
+    } finally {
+      await lock.release();
     }
-    for (const { key } of catalog.pages.getRange({})) {
-      const d = String(key);
-      if (livePages.has(d)) continue;
-      await catalog.pages.remove(d);
-      await repo.deletePage(d);
-      report.removedPages++;
-    }
-    opts.onPhase?.('orphans');
-    for await (const d of repo.listChunks()) {
-      if (!liveChunks.has(d) && !catalog.chunk(d)) {
-        await repo.deleteChunk(d);
-        report.removedChunks++;
-      }
-    }
-    for await (const d of repo.listPages()) {
-      if (!livePages.has(d) && !catalog.pages.get(d)) {
-        await repo.deletePage(d);
-        report.removedPages++;
-      }
-    }
-    for await (const id of repo.listManifests()) {
-      // a manifest the catalog does not know is kept: a catalog rebuild or a record import needs it
-      const b = catalog.backups.get(id);
-      if (!b || (b.status !== 'deleted' && b.status !== 'error')) continue;
-      await repo.deleteManifest(id);
-      report.removedManifests++;
-    }
-    return report;
   } finally {
     catalog.releaseGc();
+  }
+}
+
+async function markAndSweep(app: Appliance, epoch: string, opts: GcOptions): Promise<GcReport> {
+  const { catalog, repo } = app;
+  const report: GcReport = { liveBackups: 0, liveChunks: 0, removedChunks: 0, removedPages: 0, removedManifests: 0, freedBytes: 0, keptYoung: 0 };
+  opts.onPhase?.('manifests');
+  for await (const id of repo.listManifests()) {
+    // a manifest of a backup this catalog failed or deleted: it names nothing anyone may use
+    const b = catalog.backups.get(id);
+    if (!b || (b.status !== 'deleted' && b.status !== 'error')) continue;
+    await repo.deleteManifest(id);
+    report.removedManifests++;
+  }
+  opts.onPhase?.('mark');
+  const livePages = new Set<string>();
+  const liveChunks = new Set<string>();
+  for await (const id of repo.listManifests()) {
+    let data: Buffer;
+    try {
+      data = await repo.getManifest(id);
+    } catch (e) {
+      if ((e as { code?: string }).code === 'ENOENT') continue; // deleted meanwhile: it names nothing now
+      throw e;
+    }
+    const { manifest } = decodeManifest(data, id);
+    report.liveBackups++;
+    for (const pd of manifest.map.pages) {
+      if (livePages.has(pd)) continue;
+      livePages.add(pd);
+      for (const cd of pageChunkDigests(await loadPage(app, pd, id))) liveChunks.add(cd);
+    }
+  }
+  report.liveChunks = liveChunks.size;
+  opts.onPhase?.('sweep');
+  const cutoff = Date.now() - (opts.graceMs ?? 0);
+  for await (const o of repo.store.listInfo('chunks/')) {
+    const d = o.name.slice(o.name.lastIndexOf('/') + 1);
+    if (!/^[0-9a-f]{64}$/.test(d) || liveChunks.has(d)) continue;
+    if (o.mtimeMs > cutoff) {
+      report.keptYoung++;
+      continue;
+    }
+    await catalog.chunks.remove(d);
+    await repo.deleteChunk(d);
+    report.removedChunks++;
+    report.freedBytes += o.size;
+  }
+  for await (const o of repo.store.listInfo('pages/')) {
+    const d = o.name.slice(o.name.lastIndexOf('/') + 1);
+    if (!/^[0-9a-f]{64}$/.test(d) || livePages.has(d)) continue;
+    if (o.mtimeMs > cutoff) {
+      report.keptYoung++;
+      continue;
+    }
+    await catalog.pages.remove(d);
+    await repo.deletePage(d);
+    report.removedPages++;
+    report.freedBytes += o.size;
+  }
+  // this catalog now matches the repository at the new epoch
+  await followRepository(app, epoch);
+  return report;
+}
+
+/** A page's entries: from the catalog when it has them, else from the repository (verified). */
+export async function loadPage(app: Appliance, digest: string, backupId: string): Promise<Buffer> {
+  const local = app.catalog.pages.get(digest);
+  if (local) return local;
+  let obj: Buffer;
+  try {
+    obj = await app.repo.getPage(digest);
+  } catch (e) {
+    if ((e as { code?: string }).code === 'ENOENT') throw new Error(`backup ${backupId}: its map page ${digest} is missing from the repository`);
+    throw e;
+  }
+  try {
+    return decodeChunk(obj, digest);
+  } catch (e) {
+    throw new Error(`backup ${backupId}: its map page ${digest} is corrupt (${(e as Error).message})`);
   }
 }

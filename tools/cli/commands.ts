@@ -29,6 +29,12 @@ export async function withApp<T>(g: Globals, fn: (app: Appliance) => Promise<T>)
   }
 }
 
+function duration(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)(s|m|h|d)?$/.exec(text.trim());
+  if (!m) throw new UsageError(`${JSON.stringify(text)} is not a duration (e.g. 90s, 30m, 24h, 2d)`);
+  return Number(m[1]) * { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[(m[2] ?? 's') as 's']!;
+}
+
 function size(text: string): number {
   try {
     return parseSize(text);
@@ -139,8 +145,9 @@ export function repoCommands(program: Command, g: () => Globals): void {
   const repo = program.command('repo').description('the chunk repository');
   repo.command('info').action(() => withApp(g(), async (app) => printRecord(g().format, repoInfo(app))));
   repo.command('gc')
-    .description('reclaim chunks no backup references any more')
-    .action(() => withApp(g(), async (app) => printRecord(g().format, await collectGarbage(app))));
+    .description('reclaim chunks and pages that no manifest in the repository names (safe with several appliances on one repository)')
+    .option('--grace <duration>', 'also keep unreferenced objects younger than this, e.g. 30m, 24h (default 0)')
+    .action((o: { grace?: string }) => withApp(g(), async (app) => printRecord(g().format, await collectGarbage(app, { graceMs: o.grace ? duration(o.grace) : 0 }))));
 }
 
 /** internal: the detached process behind `backup create --no-wait` */

@@ -1,0 +1,131 @@
+/**
+ * Adopting backups from the repository into this catalog: what record import and catalog
+ * rebuild share. A manifest becomes an `available` backup record with its map root, the
+ * pages it names (read from the repository and verified), the chunk-index entries of its
+ * chunks (size from the listing, codec and plain length from each object's header), and a
+ * volume record when the catalog has none with that id. All of it in one transaction, so a
+ * failure changes nothing.
+ */
+import { pageChunkDigests } from '../../catalog/blockmap.js';
+import type { ChunkInfo } from '../../catalog/catalog.js';
+import type { Manifest } from '../../catalog/manifest.js';
+import { type BackupRecord, type VolumeRecord, now } from '../../catalog/records.js';
+import { CHUNK_HEADER, CHUNK_MAGIC } from '../../drivers/chunk.js';
+import type { Appliance } from '../appliance.js';
+import { loadPage } from './gc.js';
+
+/** Pages a set of manifests need that the catalog lacks, fetched and verified. */
+export async function fetchPages(app: Appliance, manifests: Manifest[]): Promise<Map<string, Buffer>> {
+  const out = new Map<string, Buffer>();
+  const todo: { digest: string; id: string }[] = [];
+  const seen = new Set<string>();
+  for (const m of manifests) {
+    for (const d of m.map.pages) {
+      if (seen.has(d) || app.catalog.pages.get(d)) continue;
+      seen.add(d);
+      todo.push({ digest: d, id: m.backup.id });
+    }
+  }
+  await inParallel(todo, 16, async ({ digest, id }) => {
+    out.set(digest, await loadPage(app, digest, id));
+  });
+  return out;
+}
+
+/** Chunk-index entries for the chunks `digests` names that the catalog lacks; sizes from a listing. */
+export async function chunkEntries(app: Appliance, digests: Iterable<string>, sizes?: Map<string, number>): Promise<Map<string, ChunkInfo>> {
+  const want = [...new Set(digests)].filter((d) => !app.catalog.chunk(d));
+  const out = new Map<string, ChunkInfo>();
+  if (!want.length) return out;
+  if (!sizes) {
+    sizes = new Map();
+    for await (const o of app.repo.store.listInfo('chunks/')) sizes.set(o.name.slice(o.name.lastIndexOf('/') + 1), o.size);
+  }
+  await inParallel(want, 16, async (d) => {
+    const size = sizes!.get(d);
+    if (size === undefined) throw new Error(`chunk ${d} is missing from the repository`);
+    const head = await app.repo.store.getRange(`chunks/${d.slice(0, 2)}/${d}`, 0, CHUNK_HEADER);
+    if (head.length < CHUNK_HEADER || !head.subarray(0, 4).equals(CHUNK_MAGIC)) throw new Error(`chunk ${d} has no valid header`);
+    out.set(d, { s: size, c: head[5]!, n: head.readUInt32BE(8) });
+  });
+  return out;
+}
+
+/** The chunk digests the pages of a manifest name. */
+export function manifestChunks(m: Manifest, pages: (d: string) => Buffer): Set<string> {
+  const out = new Set<string>();
+  for (const pd of new Set(m.map.pages)) for (const cd of pageChunkDigests(pages(pd))) out.add(cd);
+  return out;
+}
+
+/** The volume record an adopted backup belongs to: the catalog's, or a new one from the manifest. */
+export function volumeFor(app: Appliance, m: Manifest, staged: Map<string, VolumeRecord>): VolumeRecord {
+  const have = app.catalog.volumes.get(m.volume.id) ?? staged.get(m.volume.id);
+  if (have) return have;
+  const taken = (n: string) => app.catalog.volumeNames.get(n) !== undefined || [...staged.values()].some((v) => v.name === n);
+  const name = taken(m.volume.name) ? `${m.volume.name}-${m.volume.id.slice(0, 8)}` : m.volume.name;
+  const t = now();
+  const v: VolumeRecord = {
+    id: m.volume.id,
+    name,
+    driver: m.volume.driver === 'rbd' ? 'rbd' : 'file',
+    path: m.volume.path ?? '',
+    size: m.volume.size,
+    status: 'available',
+    managed: false,
+    project_id: m.backup.project_id,
+    user_id: m.backup.user_id,
+    created_at: t,
+    updated_at: t,
+    status_reason: 'recreated from the repository',
+  };
+  staged.set(v.id, v);
+  return v;
+}
+
+export interface Adoption {
+  records: BackupRecord[];
+  roots: Map<string, Buffer>;
+  volumes: Map<string, VolumeRecord>;
+  pages: Map<string, Buffer>;
+  chunks: Map<string, ChunkInfo>;
+}
+
+/** The record a manifest's backup gets in this catalog. */
+export function adoptedRecord(m: Manifest, volume: VolumeRecord, note: string): BackupRecord {
+  return {
+    ...(m.backup as BackupRecord),
+    volume_id: volume.id,
+    volume_name: volume.name,
+    status: 'available',
+    owner: null,
+    updated_at: now(),
+    notes: [...(Array.isArray(m.backup.notes) ? m.backup.notes : []), note],
+  };
+}
+
+/** Writes an adoption in one transaction; `check` runs inside it and may throw to abort. */
+export async function commitAdoption(app: Appliance, a: Adoption, check?: () => void): Promise<void> {
+  const { catalog } = app;
+  await catalog.env.transaction(() => {
+    check?.();
+    for (const [id, v] of a.volumes) {
+      catalog.volumes.put(id, v);
+      catalog.volumeNames.put(v.name, id);
+    }
+    for (const [d, p] of a.pages) catalog.pages.put(d, p);
+    for (const [d, info] of a.chunks) catalog.chunks.put(d, info);
+    for (const r of a.records) {
+      catalog.backups.put(r.id, r);
+      catalog.maps.put(r.id, a.roots.get(r.id)!);
+    }
+  });
+}
+
+export async function inParallel<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}

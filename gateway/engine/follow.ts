@@ -1,0 +1,63 @@
+/**
+ * The catalog follows the repository. A catalog is an index of the repository, and other
+ * appliances sharing it delete backups and collect garbage. After a GC anywhere (a new GC
+ * epoch, drivers/coordination.ts), this catalog drops what the repository no longer holds:
+ * chunk-index entries and pages of objects that are gone (so nothing is deduplicated onto
+ * a swept chunk), and backups whose manifest is gone become `deleted`.
+ */
+import { readEpoch } from '../../drivers/coordination.js';
+import { now } from '../../catalog/records.js';
+import type { Appliance } from '../appliance.js';
+
+export const EPOCH_KEY = 'gcEpoch';
+
+export interface FollowReport {
+  epoch: string;
+  droppedChunks: number;
+  droppedPages: number;
+  deletedBackups: string[];
+}
+
+export function knownEpoch(app: Appliance): string {
+  return (app.catalog.meta.get(EPOCH_KEY) as string | undefined) ?? '';
+}
+
+/** Brings the catalog up to the repository's epoch; null when it already is. */
+export async function followRepository(app: Appliance, epoch?: string): Promise<FollowReport | null> {
+  const { catalog, repo } = app;
+  epoch ??= await readEpoch(repo.store);
+  if (epoch === knownEpoch(app)) return null;
+  const report: FollowReport = { epoch, droppedChunks: 0, droppedPages: 0, deletedBackups: [] };
+  const manifests = new Set<string>();
+  for await (const id of repo.listManifests()) manifests.add(id);
+  const chunks = new Set<string>();
+  for await (const d of repo.listChunks()) chunks.add(d);
+  const pages = new Set<string>();
+  for await (const d of repo.listPages()) pages.add(d);
+  await catalog.env.transaction(() => {
+    for (const { value: b } of catalog.backups.getRange({})) {
+      if (b.status !== 'available' || manifests.has(b.id)) continue;
+      catalog.backups.put(b.id, {
+        ...b,
+        status: 'deleted',
+        owner: null,
+        updated_at: now(),
+        notes: [...b.notes, 'deleted from the repository (its manifest is gone), by another appliance sharing it'],
+      });
+      catalog.maps.remove(b.id);
+      report.deletedBackups.push(b.id);
+    }
+    for (const { key } of catalog.chunks.getRange({})) {
+      if (chunks.has(String(key))) continue;
+      catalog.chunks.remove(key);
+      report.droppedChunks++;
+    }
+    for (const { key } of catalog.pages.getRange({})) {
+      if (pages.has(String(key))) continue;
+      catalog.pages.remove(key);
+      report.droppedPages++;
+    }
+    catalog.meta.put(EPOCH_KEY, epoch);
+  });
+  return report;
+}
