@@ -92,6 +92,8 @@ export function decodeChunk(object: Buffer, digest: string): Buffer {
   if (object[6] !== 0) throw new ChunkCorruptError(digest, 'encrypted chunk but the repository has no key');
   const plainLength = object.readUInt32BE(8);
   if (plainLength > MAX_CHUNK) throw new ChunkCorruptError(digest, `plaintext length ${plainLength} too large`);
+  // a payload that does not shrink is stored plain, so no payload is longer than its plaintext
+  if (object.length - CHUNK_HEADER > plainLength) throw new ChunkCorruptError(digest, `payload of ${object.length - CHUNK_HEADER} bytes is longer than its plaintext (${plainLength})`);
   let plain: Buffer;
   try {
     plain = decompress(codecName(object[5]!), object.subarray(CHUNK_HEADER), plainLength);

@@ -4,8 +4,8 @@
  * ArrayBuffers, so nothing is copied between threads.
  */
 import { parentPort } from 'node:worker_threads';
-import { readFileSync } from 'node:fs';
-import { decodeChunk, encodeChunk, isAllZero, sha256 } from '../chunk.js';
+import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
+import { CHUNK_HEADER, MAX_CHUNK, ChunkCorruptError, decodeChunk, encodeChunk, isAllZero, sha256 } from '../chunk.js';
 import type { CodecName } from '../codec.js';
 
 export type ChunkTask =
@@ -43,8 +43,17 @@ parentPort!.on('message', (t: ChunkTask) => {
       // the worker reads the object itself: the caller's thread never touches the compressed bytes
       let object: Buffer;
       try {
-        object = readFileSync(t.path);
+        const fd = openSync(t.path, 'r');
+        try {
+          // no chunk object is larger than its header and the largest chunk: never read more
+          const size = fstatSync(fd).size;
+          if (size > CHUNK_HEADER + MAX_CHUNK) throw new ChunkCorruptError(t.digest, `object of ${size} bytes is larger than any chunk`);
+          object = readFileSync(fd);
+        } finally {
+          closeSync(fd);
+        }
       } catch (e) {
+        if (e instanceof ChunkCorruptError) throw e;
         const code = (e as NodeJS.ErrnoException).code;
         parentPort!.postMessage({ id: t.id, ok: false, error: code === 'ENOENT' ? `chunk ${t.digest} is missing from the repository` : (e as Error).message, name: code === 'ENOENT' ? 'ObjectNotFoundError' : 'Error' } satisfies ChunkResult);
         return;

@@ -1,6 +1,10 @@
 /**
  * A small pool of worker threads for chunk hashing, compression and verification, so a
  * backup or restore uses every core and the event loop stays free for I/O.
+ *
+ * A worker that dies (an uncaught error, out of memory, an exit) fails only the task it was
+ * running, with a WorkerDiedError; the queue goes on on the survivors, and a replacement is
+ * spawned whenever tasks wait and the pool is below its size.
  */
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
@@ -11,6 +15,13 @@ type DistOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never
 type Pending = { resolve: (r: ChunkResult & { ok: true }) => void; reject: (e: Error) => void };
 type Task = { msg: ChunkTask; transfer: ArrayBuffer[]; pending: Pending };
 
+export class WorkerDiedError extends Error {
+  constructor(op: string, cause: string) {
+    super(`chunk worker died during ${op}: ${cause}`);
+    this.name = 'WorkerDiedError';
+  }
+}
+
 export class ChunkWorkerPool {
   private readonly workers: Worker[] = [];
   private readonly idle: Worker[] = [];
@@ -20,14 +31,21 @@ export class ChunkWorkerPool {
   private nextId = 1;
   private closed = false;
 
-  constructor(readonly size = Math.max(1, Math.min(os.availableParallelism(), 8))) {}
+  private readonly ops = new Map<number, string>();
+
+  /** `script`: the worker module (the chunk worker; tests give one that can be made to crash) */
+  constructor(
+    readonly size = Math.max(1, Math.min(os.availableParallelism(), 8)),
+    private readonly script: URL = new URL('./chunk-worker.js', import.meta.url),
+  ) {}
 
   private spawn(): Worker {
-    const w = new Worker(new URL('./chunk-worker.js', import.meta.url));
+    const w = new Worker(this.script);
     w.unref();
     w.on('message', (r: ChunkResult) => {
       const p = this.pending.get(r.id);
       this.pending.delete(r.id);
+      this.ops.delete(r.id);
       this.busy.delete(w);
       if (p) {
         if (r.ok) p.resolve(r);
@@ -35,14 +53,31 @@ export class ChunkWorkerPool {
       }
       this.release(w);
     });
-    w.on('error', (e: Error) => {
-      const id = this.busy.get(w);
-      if (id !== undefined) this.pending.get(id)?.reject(e);
-      this.busy.delete(w);
-      this.workers.splice(this.workers.indexOf(w), 1);
-    });
+    w.on('error', (e: Error) => this.died(w, e.message));
+    w.on('exit', (code) => this.died(w, `exited with code ${code}`));
     this.workers.push(w);
     return w;
+  }
+
+  /** a worker is gone: fail its task alone, and keep the queue moving */
+  private died(w: Worker, why: string): void {
+    const at = this.workers.indexOf(w);
+    if (at < 0) return; // already handled (error, then exit)
+    this.workers.splice(at, 1);
+    const idle = this.idle.indexOf(w);
+    if (idle >= 0) this.idle.splice(idle, 1);
+    const id = this.busy.get(w);
+    this.busy.delete(w);
+    if (id !== undefined) {
+      const p = this.pending.get(id);
+      const op = this.ops.get(id) ?? 'a task';
+      this.pending.delete(id);
+      this.ops.delete(id);
+      p?.reject(new WorkerDiedError(op, why));
+    }
+    if (this.closed) return;
+    void w.terminate().catch(() => undefined);
+    while (this.queue.length && this.workers.length < this.size) this.dispatch(this.spawn(), this.queue.shift()!);
   }
 
   private release(w: Worker): void {
@@ -53,8 +88,18 @@ export class ChunkWorkerPool {
 
   private dispatch(w: Worker, t: Task): void {
     this.pending.set(t.msg.id, t.pending);
+    this.ops.set(t.msg.id, t.msg.op);
     this.busy.set(w, t.msg.id);
-    w.postMessage(t.msg, t.transfer);
+    try {
+      w.postMessage(t.msg, t.transfer);
+    } catch (e) {
+      // not sent (e.g. a buffer already transferred): this task fails, the worker is fine
+      this.pending.delete(t.msg.id);
+      this.ops.delete(t.msg.id);
+      this.busy.delete(w);
+      t.pending.reject(e as Error);
+      this.release(w);
+    }
   }
 
   private run(msg: DistOmit<ChunkTask, 'id'>, transfer: ArrayBuffer[]): Promise<ChunkResult & { ok: true }> {
@@ -116,7 +161,11 @@ export class ChunkWorkerPool {
   async close(): Promise<void> {
     this.closed = true;
     for (const t of this.queue.splice(0)) t.pending.reject(new Error('worker pool closed'));
-    await Promise.all(this.workers.map((w) => w.terminate()));
-    this.workers.length = 0;
+    const workers = this.workers.splice(0);
+    this.idle.length = 0;
+    for (const p of this.pending.values()) p.reject(new Error('worker pool closed'));
+    this.pending.clear();
+    this.busy.clear();
+    await Promise.all(workers.map((w) => w.terminate()));
   }
 }
