@@ -35,7 +35,7 @@ import { ConflictError } from '../../catalog/catalog.js';
 import { PAGE_ENTRIES, rootDigests } from '../../catalog/blockmap.js';
 import { type BackupRecord, type VerifyFailure, now } from '../../catalog/records.js';
 import { CHUNK_HEADER, DIGEST_BYTES } from '../../drivers/chunk.js';
-import type { ObjectStore } from '../../drivers/store/types.js';
+import { ObjectNotFoundError, type ObjectStore } from '../../drivers/store/types.js';
 import type { Appliance } from '../appliance.js';
 import { RepoChunkReader } from '../read/chunk-reader.js';
 
@@ -144,21 +144,38 @@ function isDataError(e: unknown): boolean {
 
 const chunkObjectName = (d: string): string => `chunks/${d.slice(0, 2)}/${d}`;
 
-/** the stored size of an object: a number, -1 if it exists but the store cannot say its size, null if absent */
-async function objectSize(store: ObjectStore, name: string): Promise<number | null> {
-  const sized = store as ObjectStore & { size?(name: string): Promise<number | null> };
-  if (typeof sized.size === 'function') return sized.size(name);
+/**
+ * Whether an object exists with the expected size: null if so, else why not. A local store
+ * answers with a stat; any other with one ranged read of the 2 bytes from size-1, which
+ * returns exactly 1 byte only when the object is `expected` bytes long.
+ */
+async function checkStoredSize(store: ObjectStore, name: string, digest: string, expected: number | undefined): Promise<string | null> {
   const local = store.localPath?.(name);
+  let size: number | null | 'longer' | 'shorter';
   if (local) {
     try {
       const st = await fs.stat(local);
-      return st.isFile() ? st.size : null;
+      size = st.isFile() ? st.size : null;
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw e;
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      size = null;
+    }
+  } else if (expected === undefined || expected < 1) {
+    size = (await store.has(name)) ? -1 : null;
+  } else {
+    try {
+      const n = (await store.getRange(name, expected - 1, 2)).length;
+      size = n === 1 ? expected : n === 0 ? 'shorter' : 'longer';
+    } catch (e) {
+      if (!(e instanceof ObjectNotFoundError)) throw e;
+      size = null;
     }
   }
-  return (await store.has(name)) ? -1 : null;
+  if (size === null) return `chunk ${digest} is missing from the repository`;
+  if (expected === undefined) return `chunk ${digest} has no entry in the chunk index (an earlier verify found it bad); a full verify reads it`;
+  if (typeof size === 'string') return `chunk ${digest} is ${size} than the ${expected} bytes the chunk index says`;
+  if (size !== expected && size !== -1) return `chunk ${digest} is ${size} bytes in the repository; the chunk index says ${expected}`;
+  return null;
 }
 
 /** runs `worker` over the items of `source` with at most `n` in flight; the first outage error ends it */
@@ -231,11 +248,8 @@ async function verifyHeld(app: Appliance, b: BackupRecord, opts: VerifyOptions):
     const info = catalog.chunk(d);
     const indexed = !!info;
     if (opts.quick) {
-      const size = await objectSize(repo.store, chunkObjectName(d));
-      if (size === null) return { error: `chunk ${d} is missing from the repository`, n: -1, indexed };
-      if (!info) return { error: `chunk ${d} has no entry in the chunk index (an earlier verify found it bad); a full verify reads it`, n: -1, indexed };
-      if (size >= 0 && size !== info.s) return { error: `chunk ${d} is ${size} bytes in the repository; the chunk index says ${info.s}`, n: -1, indexed };
-      return { error: null, n: info.n, indexed };
+      const error = await checkStoredSize(repo.store, chunkObjectName(d), d, info?.s);
+      return { error, n: error ? -1 : info!.n, indexed };
     }
     try {
       const plain = await reader.read(d);
