@@ -10,6 +10,7 @@ import { ConflictError, ownerHere } from '../../catalog/catalog.js';
 import type { BackupRecord, VolumeRecord } from '../../catalog/records.js';
 import { FileVolume } from '../../drivers/volume/file.js';
 import type { Appliance } from '../appliance.js';
+import { checkName } from '../names.js';
 import { SlotChunkReader } from '../read/chunk-reader.js';
 import type { Progress } from './backup.js';
 import { range, runWindow } from './pipeline.js';
@@ -32,6 +33,8 @@ export class BlockReadError extends Error {
 /** Checks everything and claims backup and target; nothing is changed if it throws. */
 export async function prepareRestore(app: Appliance, opts: RestoreOptions): Promise<{ backup: BackupRecord; target: VolumeRecord }> {
   const { catalog } = app;
+  // a new volume's name becomes volumes/<name>.img: refused before anything is looked up or made
+  if (!opts.volume && opts.newName !== undefined) checkName('volume', opts.newName);
   const backup = catalog.backupRecord(opts.backup);
   if (backup.status !== 'available') throw new ConflictError(`backup ${backup.id} is ${backup.status}; only an available backup can be restored`);
   let target: VolumeRecord;
@@ -43,9 +46,9 @@ export async function prepareRestore(app: Appliance, opts: RestoreOptions): Prom
       throw new ConflictError(`volume ${target.name} is ${size} bytes, smaller than backup ${backup.id} (${backup.size_bytes} bytes); restore into a volume at least as large`);
     }
   } else {
-    const name = opts.newName ?? uniqueName(app, `restore-${backup.name}`);
+    const name = checkName('volume', opts.newName ?? uniqueName(app, `restore-${backup.name}`));
     const file = path.join(app.volumesDir, `${name}.img`);
-    await import('node:fs/promises').then((fs) => fs.mkdir(app.volumesDir, { recursive: true }));
+    await import('node:fs/promises').then((fs) => fs.mkdir(app.volumesDir, { recursive: true, mode: 0o700 }));
     await FileVolume.create(file, backup.size_bytes);
     target = catalog.addVolume({ name, driver: 'file', path: file, size: backup.size_bytes, status: 'available', managed: true, project_id: backup.project_id, user_id: backup.user_id });
   }

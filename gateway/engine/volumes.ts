@@ -8,12 +8,11 @@ import { ConflictError } from '../../catalog/catalog.js';
 import type { VolumeRecord } from '../../catalog/records.js';
 import { FileVolume, volumeFileSize } from '../../drivers/volume/file.js';
 import type { Appliance } from '../appliance.js';
+import { checkName } from '../names.js';
 
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-
+/** a volume name becomes volumes/<name>.img: the one check of gateway/names.ts */
 export function checkVolumeName(name: string): string {
-  if (!NAME_RE.test(name)) throw new Error(`invalid volume name ${JSON.stringify(name)}: use letters, digits, '.', '_' and '-' (no '/'), at most 128`);
-  return name;
+  return checkName('volume', name);
 }
 
 export interface CreateVolumeOptions {
@@ -43,7 +42,7 @@ export async function createVolume(app: Appliance, opts: CreateVolumeOptions): P
     return app.catalog.addVolume({ name, driver: 'file', path: file, size, status: 'available', managed: false, ...ids });
   }
   if (opts.size === undefined || opts.size <= 0) throw new Error('a new volume needs --size greater than 0 (or --file for an existing image)');
-  await fs.mkdir(app.volumesDir, { recursive: true });
+  await fs.mkdir(app.volumesDir, { recursive: true, mode: 0o700 });
   const file = path.join(app.volumesDir, `${name}.img`);
   await FileVolume.create(file, opts.size).catch((e: NodeJS.ErrnoException) => {
     throw new Error(e.code === 'EEXIST' ? `${file} already exists` : `cannot create ${file}: ${e.message}`);

@@ -14,6 +14,7 @@ import { installInstantRestore } from '../../gateway/instant/daemon.js';
 import { cancelOffline, offlineView, type SessionView } from '../../gateway/instant/sessions.js';
 import { formatSize, parseSize } from '../../gateway/size.js';
 import { type Globals, withApp } from './commands.js';
+import { checkName } from '../../gateway/names.js';
 import { UsageError, printRecord, printRows } from './output.js';
 import { onDaemonStart } from './serve.js';
 
@@ -83,6 +84,8 @@ function printView(g: Globals, v: SessionView): void {
 
 /** `backup restore BACKUP [VOLUME] --instant`: asks the daemon; returns as soon as the export is served */
 export async function instantRestore(g: Globals, backup: string, volume: string | undefined, o: InstantRestoreOptions): Promise<void> {
+  // the new volume's name becomes a path (and its export restore-<name>): checked here, before the daemon is asked
+  if (!volume && o.name !== undefined) checkName('volume', o.name);
   const body = { backup, volume, name: o.name, detachOnComplete: !!o.detachOnComplete, rate: rate(o.copyRate), concurrency: concurrency(o.copyConcurrency) };
   const v = await call<SessionView>(g, 'POST', '/restores', body);
   printView(g, v);

@@ -2,6 +2,7 @@
 import Table from 'cli-table3';
 import cliProgress from 'cli-progress';
 import { ConflictError, NotFoundError } from '../../catalog/catalog.js';
+import { InvalidNameError } from '../../gateway/names.js';
 import { formatSize } from '../../gateway/size.js';
 
 export type Format = 'table' | 'json';
@@ -62,7 +63,7 @@ export function progressBar(label: string): { update(done: number, total: number
 export function exitCodeFor(e: unknown): number {
   if (e instanceof NotFoundError) return 3;
   if (e instanceof ConflictError) return 4;
-  if (e instanceof UsageError) return 2;
+  if (e instanceof UsageError || e instanceof InvalidNameError) return 2;
   return 1;
 }
 
