@@ -5,6 +5,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { DEFAULT_CHUNK } from '../drivers/chunk.js';
 import type { CodecName } from '../drivers/codec.js';
 import type { S3StoreOptions } from '../drivers/store/s3.js';
@@ -68,10 +69,36 @@ export function loadConfig(dataDir = defaultDataDir()): ApplianceConfig {
   return cfg;
 }
 
+/**
+ * Writes `keys` of cfg into the data dir's blockgate.json. The file may hold S3 keys: it is
+ * 0600, and replaced atomically (a temp file created exclusively, never through a symlink,
+ * fsynced, renamed over it), so a crash leaves the old file or the new one, never half.
+ */
 export function saveConfig(cfg: ApplianceConfig, keys: (keyof ApplianceConfig)[]): void {
   const file = path.join(cfg.dataDir, CONFIG_FILE);
   const cur = fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>) : {};
   for (const k of keys) cur[k] = cfg[k];
-  fs.mkdirSync(cfg.dataDir, { recursive: true });
-  fs.writeFileSync(file, JSON.stringify(cur, null, 2) + '\n');
+  fs.mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
+  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
+  const fd = fs.openSync(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+  try {
+    try {
+      fs.fchmodSync(fd, 0o600);
+      fs.writeFileSync(fd, JSON.stringify(cur, null, 2) + '\n');
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+  const dfd = fs.openSync(cfg.dataDir, 'r');
+  try {
+    fs.fsyncSync(dfd);
+  } finally {
+    fs.closeSync(dfd);
+  }
 }

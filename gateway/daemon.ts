@@ -67,7 +67,13 @@ export class Daemon {
 
   async start(): Promise<void> {
     this.port = await this.server.listenTcp(this.opts.port, this.opts.host);
-    if (this.opts.socket) await this.server.listenUnix(this.opts.socket);
+    if (this.opts.socket) {
+      // a longer path would be cut short by bind(2), silently serving somewhere else
+      if (Buffer.byteLength(this.opts.socket) > 107) throw new Error(`the NBD socket path ${this.opts.socket} is too long for a unix socket (${Buffer.byteLength(this.opts.socket)} bytes, at most 107): give a shorter one with --nbd-socket, or --nbd-socket '' for none`);
+      await this.server.listenUnix(this.opts.socket);
+      // every export (and +overlay, writable) is served there: only the appliance's user may connect
+      fs.chmodSync(this.opts.socket, 0o600);
+    }
     this.log.info({ event: 'listening', host: this.opts.host, port: this.port, socket: this.opts.socket || null, tls: !!this.opts.tls }, `serving NBD on ${this.opts.host}:${this.port}${this.opts.socket ? ` and ${this.opts.socket}` : ''}`);
   }
 

@@ -121,8 +121,10 @@ export class FileVolume implements VolumeDriver {
 
   /** creates a new sparse file of the given size; refuses to overwrite */
   static async create(path: string, size: number): Promise<FileVolume> {
-    const fh = await fs.open(path, 'wx');
+    // 0600: a volume holds a whole disk (restored images included)
+    const fh = await fs.open(path, 'wx', 0o600);
     try {
+      await fh.chmod(0o600);
       await fh.truncate(size);
     } finally {
       await fh.close();

@@ -5,6 +5,7 @@
  * first copies that block from the base, so reads never see a mix of zeroes and new data.
  */
 import fs from 'node:fs/promises';
+import { constants as fsc } from 'node:fs';
 import { BlockDeviceError, type BlockDevice, type Extent, type ZeroOptions } from '../../nbd/blockdev.js';
 
 export class CowOverlay implements BlockDevice {
@@ -27,7 +28,9 @@ export class CowOverlay implements BlockDevice {
   }
 
   static async create(base: BlockDevice, scratchPath: string, granularity = 64 * 1024): Promise<CowOverlay> {
-    const fh = await fs.open(scratchPath, 'w+');
+    // the overlay's writes are the guest's data: 0600, and never through a symlink
+    const fh = await fs.open(scratchPath, fsc.O_RDWR | fsc.O_CREAT | fsc.O_TRUNC | fsc.O_NOFOLLOW, 0o600);
+    await fh.chmod(0o600);
     await fh.truncate(base.size);
     return new CowOverlay(base, fh, scratchPath, granularity);
   }

@@ -2,21 +2,27 @@
  * One-command browse of a backup: mount the catalog privately (a `blockgate mount` child
  * process serves it), loop-mount every filesystem found in the backup's partitions (or in
  * the whole disk when it has no partition table) read-only without replaying any journal,
- * and record what was done in DIR/.blockgate-browse.json so that `browse --close DIR` (or
- * Ctrl-C on a foreground browse) undoes all of it.
+ * and record what was done in the data dir (browse/<hash of DIR>.json, 0600, never through a
+ * symlink) so that `browse --close DIR` (or Ctrl-C on a foreground browse) undoes all of it.
+ * DIR is made new (mkdtemp under the temp dir by default) or must be an empty directory only
+ * we can change (gateway/names.ts prepareDir): this runs as root.
  *
  * The process that runs this never serves the FUSE mount it reads (a child does), and every
  * mount, blkid and losetup runs as a child process, so nothing here can deadlock on the mount.
  */
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import type { BackupRecord } from '../../catalog/records.js';
+import { InvalidNameError, prepareDir } from '../names.js';
 import { findMount, lazyUnmount, listMounts, pidAlive, run, servingPid } from './mount.js';
 
-export const STATE_FILE = '.blockgate-browse.json';
-const LOG_FILE = '.blockgate-mount.log';
+/** the data dir's folder of browse states (and the catalog mounts' logs) */
+export const STATE_DIR = 'browse';
 const FUSE_DIR = '.fuse';
+const { O_WRONLY, O_CREAT, O_EXCL, O_APPEND, O_NOFOLLOW } = fs.constants;
 
 export interface BrowseMount {
   image: string;
@@ -71,23 +77,58 @@ export async function checkBrowsePrerequisites(): Promise<void> {
   if (r.code !== 0) throw new BrowseError(`no free loop device (losetup -f: ${r.stderr.trim() || `exit ${r.code}`})`);
 }
 
-function stateFile(dir: string): string {
-  return path.join(dir, STATE_FILE);
+function stateDir(dataDir: string): string {
+  const d = path.join(path.resolve(dataDir), STATE_DIR);
+  fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+  return d;
 }
 
-export function readState(dir: string): BrowseState | undefined {
+/** the state file of a browse of DIR: in the data dir, named by DIR */
+export function stateFile(dataDir: string, dir: string): string {
+  return path.join(stateDir(dataDir), `${createHash('sha256').update(path.resolve(dir)).digest('hex').slice(0, 32)}.json`);
+}
+
+export function readState(dataDir: string, dir: string): BrowseState | undefined {
+  const file = stateFile(dataDir, dir);
+  let fd: number;
   try {
-    return JSON.parse(fs.readFileSync(stateFile(dir), 'utf8')) as BrowseState;
+    fd = fs.openSync(file, fs.constants.O_RDONLY | O_NOFOLLOW);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new BrowseError(`cannot read ${stateFile(dir)}: ${(e as Error).message}`);
+    throw new BrowseError(`cannot read ${file}: ${(e as Error).message}`);
+  }
+  try {
+    const s = JSON.parse(fs.readFileSync(fd, 'utf8')) as BrowseState;
+    return s.dir === path.resolve(dir) ? s : undefined;
+  } catch (e) {
+    throw new BrowseError(`cannot read ${file}: ${(e as Error).message}`);
+  } finally {
+    fs.closeSync(fd);
   }
 }
 
-function writeState(s: BrowseState): void {
-  const file = stateFile(s.dir);
-  fs.writeFileSync(`${file}.tmp`, JSON.stringify(s, null, 2) + '\n');
-  fs.renameSync(`${file}.tmp`, file);
+/** temp file (created exclusively, 0600, never through a symlink) renamed over the state */
+function writeState(dataDir: string, s: BrowseState): void {
+  const file = stateFile(dataDir, s.dir);
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.rmSync(tmp, { force: true });
+  const fd = fs.openSync(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+  try {
+    fs.writeFileSync(fd, JSON.stringify(s, null, 2) + '\n');
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+}
+
+function logFile(dataDir: string, dir: string): string {
+  return stateFile(dataDir, dir).replace(/\.json$/, '.log');
+}
+
+/** a new private directory for a browse when none is given: mkdtemp, so nobody can have made it first */
+export function defaultBrowseDir(backupId: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `blockgate-browse-${backupId.slice(0, 8)}-`));
 }
 
 /** mount options that open a filesystem read-only without replaying its journal or log */
@@ -155,23 +196,27 @@ export interface OpenBrowseOptions {
   dataDir: string;
   backup: BackupRecord;
   dir: string;
+  /** dir was just made for this browse (by defaultBrowseDir): it is removed on close */
+  madeDir?: boolean;
   log?: (msg: string) => void;
 }
 
 /** Mounts everything and returns the state written to DIR/.blockgate-browse.json. */
 export async function openBrowse(o: OpenBrowseOptions): Promise<BrowseState> {
-  const dir = path.resolve(o.dir);
-  if (readState(dir)) throw new BrowseError(`${dir} is already an open browse; close it with \`blockgate browse --close ${dir}\``);
+  const dataDir = path.resolve(o.dataDir);
+  let dir = path.resolve(o.dir);
+  if (readState(dataDir, dir)) throw new BrowseError(`${dir} is already an open browse; close it with \`blockgate browse --close ${dir}\``);
   if (await findMount(dir)) throw new BrowseError(`${dir} is a mount point; choose an empty directory`);
-  let createdDir = false;
-  if (fs.existsSync(dir)) {
-    if (fs.readdirSync(dir).length) throw new BrowseError(`${dir} is not empty; choose an empty or new directory`);
-  } else {
-    fs.mkdirSync(dir, { recursive: true });
-    createdDir = true;
+  let createdDir = !!o.madeDir;
+  if (!o.madeDir) {
+    try {
+      ({ dir, created: createdDir } = prepareDir(dir, 'browse directory'));
+    } catch (e) {
+      throw e instanceof InvalidNameError && /not empty/.test(e.message) ? new BrowseError(e.message) : e;
+    }
   }
   const fuseDir = path.join(dir, FUSE_DIR);
-  fs.mkdirSync(fuseDir);
+  fs.mkdirSync(fuseDir, { mode: 0o700 });
   const state: BrowseState = {
     version: 1,
     backup: { id: o.backup.id, name: o.backup.name, volume: o.backup.volume_name },
@@ -183,15 +228,16 @@ export async function openBrowse(o: OpenBrowseOptions): Promise<BrowseState> {
     mounts: [],
     skipped: [],
   };
-  writeState(state);
+  writeState(dataDir, state);
+  const log = logFile(dataDir, dir);
   try {
     // the catalog is served by a child process of its own (never by the one reading it)
-    const logFd = fs.openSync(path.join(dir, LOG_FILE), 'a');
+    const logFd = fs.openSync(log, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0o600);
     const child = spawn(process.execPath, [o.cli, '--data-dir', o.dataDir, 'mount', fuseDir], { detached: true, stdio: ['ignore', logFd, logFd] });
     fs.closeSync(logFd);
     child.unref();
     state.mountPid = child.pid;
-    writeState(state);
+    writeState(dataDir, state);
     let exited: number | null | undefined;
     child.once('exit', (code) => (exited = code));
     const deadline = Date.now() + 30_000;
@@ -199,8 +245,8 @@ export async function openBrowse(o: OpenBrowseOptions): Promise<BrowseState> {
       const m = await findMount(fuseDir);
       if (m && servingPid(m) === child.pid) break;
       if (exited !== undefined || Date.now() > deadline) {
-        const log = fs.readFileSync(path.join(dir, LOG_FILE), 'utf8').trim().split('\n').slice(-5).join('\n');
-        throw new BrowseError(`the catalog mount did not come up (${exited !== undefined ? `exit ${exited}` : 'timed out'}): ${log}`);
+        const tail = fs.readFileSync(log, 'utf8').trim().split('\n').slice(-5).join('\n');
+        throw new BrowseError(`the catalog mount did not come up (${exited !== undefined ? `exit ${exited}` : 'timed out'}): ${tail}`);
       }
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -219,7 +265,7 @@ export async function openBrowse(o: OpenBrowseOptions): Promise<BrowseState> {
         continue;
       }
       const target = path.join(dir, image.replace(/\.img$/, ''));
-      fs.mkdirSync(target, { recursive: true });
+      fs.mkdirSync(target, { mode: 0o755 });
       const r = await run('mount', ['-t', how.type, '-o', `loop,${how.options}`, file, target], { timeoutMs: 120_000 });
       if (r.code !== 0) {
         fs.rmdirSync(target);
@@ -227,22 +273,23 @@ export async function openBrowse(o: OpenBrowseOptions): Promise<BrowseState> {
         continue;
       }
       state.mounts.push({ image, target, fstype: probe.type, options: how.options, loop: await loopOf(target) });
-      writeState(state);
+      writeState(dataDir, state);
       o.log?.(`mounted ${image} (${probe.type}) at ${target}`);
     }
-    writeState(state);
+    writeState(dataDir, state);
     return state;
   } catch (e) {
-    await closeBrowse(dir).catch(() => undefined);
+    await closeBrowse(dataDir, dir).catch(() => undefined);
     throw e;
   }
 }
 
 /** Undoes a browse: filesystems, loop devices, the catalog mount, its directories. */
-export async function closeBrowse(dirArg: string): Promise<string[]> {
+export async function closeBrowse(dataDirArg: string, dirArg: string): Promise<string[]> {
+  const dataDir = path.resolve(dataDirArg);
   const dir = path.resolve(dirArg);
-  const state = readState(dir);
-  if (!state) throw new BrowseError(`${dir} is not an open browse (no ${STATE_FILE} in it)`);
+  const state = readState(dataDir, dir);
+  if (!state) throw new BrowseError(`${dir} is not an open browse of ${dataDir}`);
   const notes: string[] = [];
   for (const m of [...state.mounts].reverse()) {
     if (await findMount(m.target)) {
@@ -272,8 +319,8 @@ export async function closeBrowse(dirArg: string): Promise<string[]> {
     notes.push(`the catalog mount ${state.fuseDir} did not go away by itself; cleared it with ${how}`);
   }
   await fs.promises.rmdir(state.fuseDir).catch(() => undefined);
-  await fs.promises.rm(path.join(dir, LOG_FILE), { force: true });
-  await fs.promises.rm(stateFile(dir), { force: true });
+  await fs.promises.rm(logFile(dataDir, dir), { force: true });
+  await fs.promises.rm(stateFile(dataDir, dir), { force: true });
   if (state.createdDir) await fs.promises.rmdir(dir).catch(() => notes.push(`${dir} is not empty; left it`));
   return notes;
 }

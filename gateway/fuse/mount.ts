@@ -69,18 +69,25 @@ class ReadOnlyFuse extends Fuse {
   }
 }
 
-function allowOther(): boolean {
+/** allow_other only when asked for (every backup's bytes would be readable by every local user) */
+function allowOther(asked: boolean | undefined): boolean {
+  if (!asked) return false;
   if (process.getuid?.() === 0) return true;
+  let conf = '';
   try {
-    return /^\s*user_allow_other\s*$/m.test(fs.readFileSync('/etc/fuse.conf', 'utf8'));
+    conf = fs.readFileSync('/etc/fuse.conf', 'utf8');
   } catch {
-    return false;
+    // no fuse.conf: not allowed
   }
+  if (!/^\s*user_allow_other\s*$/m.test(conf)) throw new Error('--allow-other needs root, or user_allow_other in /etc/fuse.conf');
+  return true;
 }
 
 export interface MountOptions extends CatalogFsOptions {
   /** libfuse debug output on stderr */
   debug?: boolean;
+  /** FUSE allow_other: other local users may read the mount (default: only the mounting user) */
+  allowOther?: boolean;
 }
 
 export class FuseMount {
@@ -102,11 +109,12 @@ export class FuseMount {
     const mp = path.resolve(mountPoint);
     const cfs = new CatalogFs(app, { label: mp, ...opts });
     const ops = fuseOps(cfs, opts.log);
+    const other = allowOther(opts.allowOther);
     const mountWith = (autoUnmount: boolean) =>
       new Promise<Fuse>((resolve, reject) => {
         const options: FuseOptions = {
           autoUnmount,
-          allowOther: allowOther(),
+          allowOther: other,
           defaultPermissions: true,
           autoCache: true,
           fsname: `${SOURCE_PREFIX}${process.pid}`,

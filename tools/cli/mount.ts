@@ -2,12 +2,11 @@
  * `blockgate mount`, `blockgate umount` and `blockgate browse`: the catalog as a read-only
  * FUSE filesystem, and one-command loop mounts of the filesystems inside a backup.
  */
-import os from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { ConflictError } from '../../catalog/catalog.js';
 import { loadConfig } from '../../gateway/config.js';
-import { BrowseError, type BrowseState, checkBrowsePrerequisites, closeBrowse, openBrowse, readState } from '../../gateway/fuse/browse.js';
+import { BrowseError, type BrowseState, checkBrowsePrerequisites, closeBrowse, defaultBrowseDir, openBrowse, readState } from '../../gateway/fuse/browse.js';
 import { FuseMount, findMount, prepareMountPoint, unmountCatalog } from '../../gateway/fuse/mount.js';
 import { READABLE } from '../../gateway/fuse/tree.js';
 import { type Globals, withApp } from './commands.js';
@@ -78,13 +77,14 @@ A mount left behind by a killed process is cleared by \`blockgate umount\` or th
     )
     .option('--read-ahead <chunks>', 'chunks read ahead of a sequential reader', '8')
     .option('--debug', 'libfuse debug output')
-    .action(async (mountpoint: string, o: { readAhead: string; debug?: boolean }) => {
+    .option('--allow-other', 'let other users read the mount too (FUSE allow_other; as non-root, needs user_allow_other in /etc/fuse.conf)')
+    .action(async (mountpoint: string, o: { readAhead: string; debug?: boolean; allowOther?: boolean }) => {
       const mp = path.resolve(mountpoint);
       const readAhead = int(o.readAhead);
       const note = await prepareMountPoint(mp);
       if (note) say(note);
       await withApp(g(), async (app) => {
-        const m = await FuseMount.start(app, mp, { readAhead, debug: o.debug, log: (s) => say(`mount ${mp}: ${s}`) });
+        const m = await FuseMount.start(app, mp, { readAhead, debug: o.debug, allowOther: !!o.allowOther, log: (s) => say(`mount ${mp}: ${s}`) });
         const stop = nextSignal();
         process.stdout.write(`mounted the catalog of ${app.config.dataDir} at ${mp} (pid ${process.pid}); Ctrl-C or \`blockgate umount ${mp}\` unmounts it\n`);
         const why = await Promise.race([stop.then((s) => `got ${s}`), m.gone]);
@@ -101,9 +101,10 @@ A mount left behind by a killed process is cleared by \`blockgate umount\` or th
     .description('unmount a blockgate mount (also one left stale by a killed process), or close a browse directory')
     .action(async (mountpoint: string) => {
       const mp = path.resolve(mountpoint);
+      const dataDir = loadConfig(g().dataDir).dataDir;
       // a browse directory is not a mount point itself; never look inside a mount (it may be stale)
-      if (!(await findMount(mp)) && readState(mp)) {
-        for (const n of await closeBrowse(mp)) say(n);
+      if (!(await findMount(mp)) && readState(dataDir, mp)) {
+        for (const n of await closeBrowse(dataDir, mp)) say(n);
         process.stdout.write(`closed browse ${mp}\n`);
         return;
       }
@@ -119,7 +120,7 @@ A mount left behind by a killed process is cleared by \`blockgate umount\` or th
       try {
         if (o.close) {
           if (ref || dirArg) throw new UsageError('browse --close DIR takes no other arguments');
-          for (const n of await closeBrowse(o.close)) say(n);
+          for (const n of await closeBrowse(loadConfig(g().dataDir).dataDir, o.close)) say(n);
           process.stdout.write(`closed browse ${path.resolve(o.close)}\n`);
           return;
         }
@@ -129,13 +130,14 @@ A mount left behind by a killed process is cleared by \`blockgate umount\` or th
         const dataDir = loadConfig(globals.dataDir).dataDir;
         const backup = await withApp(globals, async (app) => app.catalog.backupRecord(ref));
         if (!READABLE.has(backup.status)) throw new ConflictError(`backup ${backup.id} is ${backup.status}; only an available backup can be browsed`);
-        const dir = path.resolve(dirArg ?? path.join(os.tmpdir(), `blockgate-browse-${backup.id.slice(0, 8)}`));
+        // no DIR: a new private one (mkdtemp), never a predictable name someone could have made first
+        const dir = dirArg ? path.resolve(dirArg) : defaultBrowseDir(backup.id);
         const stop = o.detach ? undefined : nextSignal();
-        const state = await openBrowse({ cli: process.argv[1]!, dataDir, backup, dir, log: globals.format === 'json' ? undefined : say });
+        const state = await openBrowse({ cli: process.argv[1]!, dataDir, backup, dir, madeDir: !dirArg, log: globals.format === 'json' ? undefined : say });
         printBrowse(globals, state, !!o.detach);
         if (!stop) return;
-        const why = await Promise.race([stop.then((s) => `got ${s}`), waitForMountExit(state)]);
-        if (readState(dir)) for (const n of await closeBrowse(dir)) say(n);
+        const why = await Promise.race([stop.then((s) => `got ${s}`), waitForMountExit(dataDir, state)]);
+        if (readState(dataDir, state.dir)) for (const n of await closeBrowse(dataDir, state.dir)) say(n);
         say(`closed browse ${dir} (${why})`);
       } catch (e) {
         if (e instanceof BrowseError) throw new ConflictError(e.message);
@@ -145,10 +147,10 @@ A mount left behind by a killed process is cleared by \`blockgate umount\` or th
 }
 
 /** resolves if the process serving the browse's catalog mount goes away */
-async function waitForMountExit(s: BrowseState): Promise<string> {
+async function waitForMountExit(dataDir: string, s: BrowseState): Promise<string> {
   for (;;) {
     await new Promise((r) => setTimeout(r, 1000));
     if (!(await findMount(s.fuseDir))) return 'the catalog mount went away';
-    if (!readState(s.dir)) return 'closed elsewhere';
+    if (!readState(dataDir, s.dir)) return 'closed elsewhere';
   }
 }
