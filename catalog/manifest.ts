@@ -18,9 +18,11 @@ export interface Manifest {
   backup: Omit<BackupRecord, 'owner'>;
   volume: Pick<VolumeRecord, 'id' | 'name' | 'driver' | 'size'> & { path?: string };
   map: { chunk_count: number; pages: string[] };
+  /** the writer lease (leases/<token>.json) held while the backup was committed */
+  writer?: string;
 }
 
-export function encodeManifest(repoId: string, b: BackupRecord, v: VolumeRecord, root: Buffer): Buffer {
+export function encodeManifest(repoId: string, b: BackupRecord, v: VolumeRecord, root: Buffer, writer?: string): Buffer {
   const { owner: _owner, verified_at: _va, verify_state: _vs, verify_failures: _vf, ...backup } = b;
   const m: Manifest = {
     kind: MANIFEST_KIND,
@@ -29,6 +31,7 @@ export function encodeManifest(repoId: string, b: BackupRecord, v: VolumeRecord,
     backup: { ...backup, status: 'available' },
     volume: { id: v.id, name: v.name, driver: v.driver, size: v.size, path: v.path },
     map: { chunk_count: Math.ceil(b.size_bytes / b.chunk_size), pages: rootDigests(root) },
+    ...(writer ? { writer } : {}),
   };
   return Buffer.from(JSON.stringify(m));
 }

@@ -171,6 +171,18 @@ export async function startWriterLease(store: ObjectStore, purpose: string, ttlM
   return new HeldObject(store, name, holder);
 }
 
+/** True while the writer lease `token` is held by a live writer (its backup is not settled yet). */
+export async function writerLive(store: ObjectStore, token: string): Promise<boolean> {
+  if (!TOKEN_RE.test(token)) return false;
+  let holder: Holder;
+  try {
+    holder = JSON.parse((await store.get(`leases/${token}.json`)).toString('utf8')) as Holder;
+  } catch {
+    return false;
+  }
+  return holderLive(holder);
+}
+
 /** The repository's GC epoch token ("" before the first GC). */
 export async function readEpoch(store: ObjectStore): Promise<string> {
   try {

@@ -12,7 +12,7 @@ import { ChunkWorkerPool } from '../drivers/workers/pool.js';
 import { FileVolume } from '../drivers/volume/file.js';
 import { RbdVolume } from '../drivers/volume/rbd.js';
 import type { VolumeDriver } from '../drivers/volume/types.js';
-import type { VolumeRecord } from '../catalog/records.js';
+import type { BackupRecord, VolumeRecord } from '../catalog/records.js';
 import { followRepository } from './engine/follow.js';
 import { type ApplianceConfig, type RepoDriverConfig, type S3RepoConfig, loadConfig } from './config.js';
 
@@ -57,15 +57,18 @@ export class Appliance {
     const store = await openStore(config.repository);
     const repo = await Repository.openOrCreate(store, { chunkSize: config.chunkSize, codec: config.codec });
     const catalog = new Catalog(path.join(config.dataDir, 'catalog'));
+    let settled: BackupRecord[] = [];
     try {
       catalog.bindRepository(repo.config.id, store.location);
-      catalog.recoverInterrupted();
+      settled = catalog.recoverInterrupted();
     } catch (e) {
       await catalog.close();
       throw e;
     }
     const app = new Appliance(config, catalog, repo);
     try {
+      // a backup whose process died before its commit may have left its manifest: it names nothing committed
+      for (const b of settled) if (b.status === 'error') await repo.deleteManifest(b.id);
       // other appliances sharing the repository may have deleted backups and collected garbage
       await followRepository(app);
     } catch (e) {

@@ -117,6 +117,8 @@ export async function runBackup(app: Appliance, rec: BackupRecord, progress?: Pr
     source = from ? null : ((await driver.snapshotForBackup?.(rec.id)) ?? null);
     const parent = rec.parent_id ? catalog.backups.get(rec.parent_id) : undefined;
     const done = source ? await copyChanges(app, rec, source, parent, progress) : await copyVolume(app, rec, progress, from);
+    // the manifest names its writer's lease: a catalog rebuild leaves it alone while the lease is live
+    await app.repo.putManifest(rec.id, encodeManifest(app.repo.config.id, done.rec, catalog.volume(rec.volume_id), done.root, lease.token));
     await lease.renew();
     if ((await readEpoch(store)) !== epoch) {
       throw new Error('a garbage collection of the repository started while this backup was written (its lease had expired); nothing was committed, back up again');
@@ -266,9 +268,7 @@ async function copyChanges(app: Appliance, rec: BackupRecord, source: ChangeSour
 
 async function finishRecord(app: Appliance, rec: BackupRecord, root: Buffer): Promise<{ rec: BackupRecord; root: Buffer }> {
   if (app.catalog.backups.get(rec.id)?.status !== 'creating') throw new BackupCancelled(rec.id);
-  const out: BackupRecord = { ...rec, updated_at: now() };
-  await app.repo.putManifest(rec.id, encodeManifest(app.repo.config.id, out, app.catalog.volume(rec.volume_id), root));
-  return { rec: out, root };
+  return { rec: { ...rec, updated_at: now() }, root };
 }
 
 /** After a change-source backup, object_count and data_bytes describe the whole map. */

@@ -9,7 +9,7 @@
  */
 import { type Manifest, decodeManifest } from '../../catalog/manifest.js';
 import type { VolumeRecord } from '../../catalog/records.js';
-import { readEpoch } from '../../drivers/coordination.js';
+import { readEpoch, writerLive } from '../../drivers/coordination.js';
 import type { Appliance } from '../appliance.js';
 import { type Adoption, adoptedRecord, chunkEntries, commitAdoption, fetchPages, manifestChunks, volumeFor } from './adopt.js';
 import { EPOCH_KEY } from './follow.js';
@@ -18,6 +18,8 @@ export interface RebuildReport {
   manifests: number;
   added: number;
   present: number;
+  /** manifests whose backup was still being committed by a live writer, left for the next rebuild */
+  inFlight: number;
   volumesAdded: number;
   pagesAdded: number;
   chunksIndexed: number;
@@ -29,7 +31,7 @@ const BATCH = 64;
 export async function rebuildCatalog(app: Appliance, opts: { onProgress?: (done: number, total: number) => void } = {}): Promise<RebuildReport> {
   const { catalog, repo } = app;
   const epoch = await readEpoch(repo.store);
-  const report: RebuildReport = { manifests: 0, added: 0, present: 0, volumesAdded: 0, pagesAdded: 0, chunksIndexed: 0, errors: [] };
+  const report: RebuildReport = { manifests: 0, added: 0, present: 0, inFlight: 0, volumesAdded: 0, pagesAdded: 0, chunksIndexed: 0, errors: [] };
   const ids: string[] = [];
   for await (const id of repo.listManifests()) ids.push(id);
   report.manifests = ids.length;
@@ -49,6 +51,10 @@ export async function rebuildCatalog(app: Appliance, opts: { onProgress?: (done:
         const { manifest, root } = decodeManifest(await repo.getManifest(id), id);
         if (manifest.repository_id !== repo.config.id) throw new Error(`names repository ${manifest.repository_id}, not this one`);
         if (manifest.backup.id !== id) throw new Error(`holds the record of backup ${manifest.backup.id}`);
+        if (manifest.writer && (await writerLive(repo.store, manifest.writer))) {
+          report.inFlight++; // its writer has not settled it yet: the next rebuild takes it
+          continue;
+        }
         manifests.push({ m: manifest, root, revive: !!have });
       } catch (e) {
         if ((e as { code?: string }).code === 'ENOENT') continue; // deleted meanwhile
