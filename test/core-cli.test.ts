@@ -69,7 +69,7 @@ test('CLI: bad input gets the documented error and exit code and changes nothing
     [['backup', 'create', 'nosuch'], 3, /volume "nosuch" not found/],
     [['backup', 'create', '--incremental', 'disk'], 4, /no available backup to be the parent of an incremental; create a full backup first/],
     [['volume', 'create', '--name', 'x', '--size', '12Q'], 2, /invalid size "12Q": use bytes or a number with K, M, G or T/],
-    [['volume', 'create', '--name', '../etc', '--size', '1M'], 1, /invalid volume name/],
+    [['volume', 'create', '--name', '../etc', '--size', '1M'], 2, /invalid volume name/],
     [['volume', 'create', '--name', 'disk', '--size', '1M'], 4, /already exists/],
     [['volume', 'create', '--name', 'y', '--file', '/nonexistent/disk.img'], 1, /cannot open volume \/nonexistent\/disk.img: ENOENT/],
     [['backup', 'restore', 'nosuch'], 3, /backup "nosuch" not found/],
