@@ -1,7 +1,8 @@
 /**
  * `npm run bench`: blockgate against its peers on this machine, in one run. Prints a table
  * and the ratios DESIGN.md sets as targets, and writes them to .bench/results.json.
- * BENCH_SIZE_MIB sets the image size (default 2048), BENCH_DIR the scratch directory.
+ * BENCH_SIZE_MIB sets the image size (default 2048), BENCH_DIR the scratch directory,
+ * BENCH_QUICK=1 one round and smaller counts (suite repo-scale).
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -10,6 +11,7 @@ import { benchNbd } from './nbd.js';
 import { benchFuse } from './fuse.js';
 import { benchInstant } from './instant.js';
 import { benchRbd } from './rbd.js';
+import { SUITE as REPO_SCALE, type ScaleRow, benchRepo } from './repo.js';
 
 const work = path.resolve(process.env.BENCH_DIR ?? '.bench');
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 2048);
@@ -21,6 +23,7 @@ const suites: Record<string, (work: string, sizeMiB: number) => Promise<Row[]>> 
   fuse: benchFuse,
   instant: benchInstant,
   rbd: benchRbd,
+  [REPO_SCALE]: benchRepo,
 };
 const only = process.argv.slice(2);
 const rows: Row[] = [];
@@ -30,7 +33,7 @@ for (const [name, run] of Object.entries(suites)) {
   try {
     const got = await run(work, sizeMiB);
     rows.push(...got);
-    for (const r of got) console.error(`bench: ${r.suite} ${r.tool} ${r.op}: ${r.seconds.toFixed(2)} s, ${r.mbps.toFixed(1)} MB/s, ${r.rssMiB.toFixed(0)} MiB`);
+    for (const r of got) console.error(`bench: ${r.suite} ${r.tool} ${r.op}: ${r.seconds.toFixed(2)} s, ${r.mbps ? `${r.mbps.toFixed(1)} MB/s` : '-'}, ${r.rssMiB.toFixed(0)} MiB`);
   } catch (e) {
     // one suite failing (a peer missing, a server that would not start) does not lose the others
     failed.push(`${name}: ${(e as Error).message}`);
@@ -39,9 +42,10 @@ for (const [name, run] of Object.entries(suites)) {
 }
 
 const pad = (s: string, n: number) => s.padEnd(n);
-console.log(`\n${pad('suite', 8)} ${pad('tool', 12)} ${pad('operation', 24)} ${'seconds'.padStart(8)} ${'MB/s'.padStart(9)} ${'peak RSS MiB'.padStart(13)}`);
+const mbpsCell = (r: Row) => (r.mbps ? r.mbps.toFixed(1) : '-'); // 0: not a throughput (gc, rebuild)
+console.log(`\n${pad('suite', 10)} ${pad('tool', 12)} ${pad('operation', 24)} ${'seconds'.padStart(8)} ${'MB/s'.padStart(9)} ${'peak RSS MiB'.padStart(13)}`);
 for (const r of rows) {
-  console.log(`${pad(r.suite, 8)} ${pad(r.tool, 12)} ${pad(r.op, 24)} ${r.seconds.toFixed(2).padStart(8)} ${r.mbps.toFixed(1).padStart(9)} ${r.rssMiB.toFixed(0).padStart(13)}`);
+  console.log(`${pad(r.suite, 10)} ${pad(r.tool, 12)} ${pad(r.op, 24)} ${r.seconds.toFixed(2).padStart(8)} ${mbpsCell(r).padStart(9)} ${r.rssMiB.toFixed(0).padStart(13)}`);
 }
 const get = (tool: string, op: string, suite?: string) => rows.find((r) => r.tool === tool && r.op === op && (!suite || r.suite === suite));
 const ratio = (a?: Row, b?: Row) => (a && b ? (a.mbps / b.mbps).toFixed(2) : 'n/a');
@@ -70,6 +74,27 @@ ratios['S3 repo vs dir repo, full backup'] = ratio(get('blockgate s3 repo', 'ful
 const r1 = get('blockgate', 'full backup 1 GiB');
 const r8 = get('blockgate', 'full backup 8 GiB');
 if (r1 && r8) ratios['peak RSS 8 GiB / 1 GiB (flat = 1)'] = (r8.rssMiB / r1.rssMiB).toFixed(2);
+// repository scale (issue 9): medians of interleaved rounds, [min–max]
+const scale = (key: ScaleRow['key']) => rows.find((r) => r.suite === REPO_SCALE && (r as ScaleRow).key === key) as ScaleRow | undefined;
+const spread = (r: ScaleRow, f: (seconds: number) => number = (s) => s, digits = 2) => {
+  const [lo, hi] = [f(r.min), f(r.max)].sort((a, b) => a - b);
+  return `${f(r.seconds).toFixed(digits)} [${lo!.toFixed(digits)}–${hi!.toFixed(digits)}]`;
+};
+const sv = scale('verify');
+const sr = scale('restore');
+if (sv && sr) {
+  ratios['verify vs restore (target >= 1)'] = ratio(sv, sr);
+  const mbps = (r: ScaleRow) => (s: number) => (r.mbps * r.seconds) / s; // same bytes each round
+  ratios['verify / restore (to durable) MB/s (median [min–max])'] = `${spread(sv, mbps(sv), 1)} / ${spread(sr, mbps(sr), 1)}`;
+}
+const su = scale('startup');
+if (su) ratios['CLI start-up alone, seconds (part of every repo-scale figure)'] = spread(su);
+const sg = scale('gc');
+if (sg) ratios[`gc of ${sg.backups} backups, seconds (median [min–max])`] = spread(sg);
+const sgd = scale('gc-after-delete');
+if (sgd) ratios[`gc after deleting ${sgd.backups} of them, seconds (one round)`] = sgd.seconds.toFixed(2);
+const sb = scale('rebuild');
+if (sb) ratios[`rebuild of ${sb.backups} backups, seconds (median [min–max])`] = spread(sb);
 console.log('\nratios (blockgate / peer, throughput):');
 for (const [k, v] of Object.entries(ratios)) console.log(`  ${k}: ${v}`);
 fs.writeFileSync(path.join(work, 'results.json'), JSON.stringify({ date: new Date().toISOString(), sizeMiB, rows, ratios, failed }, null, 2));
