@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { DEFAULT_CHUNK, checkChunkSize } from './chunk.js';
 import { type CodecName, parseCodec } from './codec.js';
-import { ObjectNotFoundError, type ObjectStore, type PutOptions } from './store/types.js';
+import { ObjectNotFoundError, type ObjectStore, type PutOptions, type WriteBatch } from './store/types.js';
 
 export const REPO_FORMAT = 1;
 
@@ -104,9 +104,9 @@ export class Repository {
     return this.store.put(fanout('pages', digest), object, opts);
   }
 
-  /** makes deferred puts durable */
-  async sync(): Promise<void> {
-    await this.store.sync?.();
+  /** a batch of chunk and page puts made durable by one sync() */
+  batch(): WriteBatch {
+    return this.store.batch();
   }
   getPage(digest: string): Promise<Buffer> {
     return this.store.get(fanout('pages', digest));

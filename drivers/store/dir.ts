@@ -1,12 +1,14 @@
 /**
  * Directory repository driver (local disk or an NFS mount). Objects are files under the
- * root; writes are atomic (temp file in the same directory, fsync, rename, fsync of the
- * directory), so a reader or a crash never sees half an object.
+ * root; writes are atomic (temp file in the same directory, then its name), so a reader or
+ * a crash never sees half an object, and durable before they count (see put and DirBatch).
+ * A failed fsync fails the put or the batch: nothing is indexed on the strength of it.
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { ObjectNotFoundError, type ObjectInfo, type ObjectStore, type PutOptions, checkObjectName } from './types.js';
+import { type DirOps, nodeDirOps } from './dir-ops.js';
+import { ObjectNotFoundError, type ObjectInfo, type ObjectStore, type PutOptions, type WriteBatch, checkObjectName } from './types.js';
 
 /** repository objects are private to the appliance's user: files 0600, directories 0700 */
 const FILE_MODE = 0o600;
@@ -14,13 +16,35 @@ const DIR_MODE = 0o700;
 
 const TMP_SUFFIX = '.tmp-';
 
+/**
+ * A batch of puts made durable together: its own files and directories, so one backup's
+ * sync never returns early because another backup's sync took its files.
+ */
+class DirBatch implements WriteBatch {
+  readonly files = new Set<string>();
+  readonly dirs = new Set<string>();
+  constructor(private readonly ops: DirOps, private readonly where: string) {}
+
+  /** fsyncs the batch's files, then their directories (so the new names are durable too) */
+  async sync(): Promise<void> {
+    const files = [...this.files];
+    const dirs = [...this.dirs];
+    try {
+      await inParallel(files, 16, (f) => this.ops.datasync(f));
+      await inParallel(dirs, 16, (d) => this.ops.syncDir(d));
+    } catch (e) {
+      throw storeError(e, this.where, 'a batch of objects');
+    }
+    for (const f of files) this.files.delete(f);
+    for (const d of dirs) this.dirs.delete(d);
+  }
+}
+
 export class DirStore implements ObjectStore {
   readonly location: string;
   private readonly madeDirs = new Set<string>();
-  private readonly unsyncedFiles = new Set<string>();
-  private readonly unsyncedDirs = new Set<string>();
 
-  constructor(readonly root: string) {
+  constructor(readonly root: string, private readonly ops: DirOps = nodeDirOps) {
     this.root = path.resolve(root);
     this.location = `dir:${this.root}`;
   }
@@ -29,53 +53,53 @@ export class DirStore implements ObjectStore {
     return path.join(this.root, checkObjectName(name));
   }
 
+  batch(): WriteBatch {
+    return new DirBatch(this.ops, this.location);
+  }
+
+  /**
+   * Without a batch: temp file, fdatasync, rename, fsync of the directory. In a batch: the
+   * temp file gets its name with link(), which never replaces an object that is already
+   * there (it may be indexed and durable; an unsynced file must never take its place);
+   * only if one is there (a rewrite of a damaged object) is the temp flushed first and
+   * renamed over it. The batch's sync() makes the rest durable.
+   */
   async put(name: string, data: Buffer, opts: PutOptions = {}): Promise<void> {
     const file = this.file(name);
     const dir = path.dirname(file);
-    if (!this.madeDirs.has(dir)) {
-      await fs.mkdir(dir, { recursive: true, mode: DIR_MODE });
-      this.madeDirs.add(dir);
-    }
-    const tmp = `${file}${TMP_SUFFIX}${randomBytes(6).toString('hex')}`;
-    const fh = await fs.open(tmp, 'wx', FILE_MODE);
+    const batch = opts.batch as DirBatch | undefined;
+    if (batch && !(batch instanceof DirBatch)) throw new Error('a write batch of another store');
     try {
-      await fh.writeFile(data);
-      if (!opts.deferSync) await fh.datasync();
-    } catch (e) {
-      await fh.close();
-      await fs.rm(tmp, { force: true });
-      throw storeError(e, this.location, name);
-    }
-    await fh.close();
-    try {
-      await fs.rename(tmp, file);
-    } catch (e) {
-      await fs.rm(tmp, { force: true });
-      throw storeError(e, this.location, name);
-    }
-    if (opts.deferSync) {
-      this.unsyncedFiles.add(file);
-      this.unsyncedDirs.add(dir);
-    } else {
-      await syncDir(dir);
-    }
-  }
-
-  /** fsyncs every object put with deferSync, then their directories (so the renames are durable too) */
-  async sync(): Promise<void> {
-    const files = [...this.unsyncedFiles];
-    const dirs = [...this.unsyncedDirs];
-    this.unsyncedFiles.clear();
-    this.unsyncedDirs.clear();
-    await inParallel(files, 16, async (f) => {
-      const fh = await fs.open(f, 'r');
-      try {
-        await fh.datasync();
-      } finally {
-        await fh.close();
+      if (!this.madeDirs.has(dir)) {
+        await this.ops.mkdirp(dir, DIR_MODE);
+        // a new directory's own name must be durable before anything in it counts
+        for (let d = dir; d !== this.root && d.startsWith(this.root); d = path.dirname(d)) await this.ops.syncDir(path.dirname(d));
+        this.madeDirs.add(dir);
       }
-    });
-    await inParallel(dirs, 16, syncDir);
+      const tmp = `${file}${TMP_SUFFIX}${randomBytes(6).toString('hex')}`;
+      try {
+        await this.ops.writeNew(tmp, data, FILE_MODE);
+        if (!batch) {
+          await this.ops.datasync(tmp);
+          await this.ops.rename(tmp, file);
+          await this.ops.syncDir(dir);
+          return;
+        }
+        try {
+          await this.ops.link(tmp, file);
+          batch.files.add(file);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+          await this.ops.datasync(tmp);
+          await this.ops.rename(tmp, file);
+        }
+        batch.dirs.add(dir);
+      } finally {
+        await this.ops.unlink(tmp).catch(() => undefined);
+      }
+    } catch (e) {
+      throw storeError(e, this.location, name);
+    }
   }
 
   async get(name: string): Promise<Buffer> {
@@ -189,17 +213,6 @@ async function inParallel<T>(items: T[], limit: number, fn: (item: T) => Promise
     while (next < items.length) await fn(items[next++]!);
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const fh = await fs.open(dir, 'r');
-  try {
-    await fh.sync();
-  } catch {
-    /* some filesystems (NFS) refuse fsync on a directory; the rename is still atomic */
-  } finally {
-    await fh.close();
-  }
 }
 
 function storeError(e: unknown, where: string, name: string): Error {

@@ -26,7 +26,7 @@ import {
   PutObjectCommand,
   S3Client,
 } from '@aws-sdk/client-s3';
-import { ObjectNotFoundError, type ObjectInfo, type ObjectStore, checkObjectName } from './types.js';
+import { DURABLE_BATCH, ObjectNotFoundError, type ObjectInfo, type ObjectStore, type WriteBatch, checkObjectName } from './types.js';
 import { ACCESS_CODES, type Classified, S3RepositoryError, classify, retryable } from './s3-errors.js';
 
 export { S3RepositoryError } from './s3-errors.js';
@@ -214,6 +214,11 @@ export class S3Store implements ObjectStore {
     await this.attempt(`put ${name}`, () =>
       this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length, ContentMD5: md5 })),
     );
+  }
+
+  /** every put is durable when S3 answers it */
+  batch(): WriteBatch {
+    return DURABLE_BATCH;
   }
 
   get(name: string): Promise<Buffer> {

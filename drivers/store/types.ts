@@ -9,11 +9,11 @@ export interface ObjectStore {
   readonly location: string;
   /**
    * atomically create or replace an object: readers see the old or the new bytes, never a
-   * part. Durable on return, unless `deferSync` is set: then durable after the next sync().
+   * part. Durable on return, unless it is put in a batch: then durable after batch.sync().
    */
   put(name: string, data: Buffer, opts?: PutOptions): Promise<void>;
-  /** makes every put with deferSync so far durable (a no-op for stores whose puts always are) */
-  sync?(): Promise<void>;
+  /** a new batch of puts to be made durable together (one sync for many objects) */
+  batch(): WriteBatch;
   /** the whole object; throws ObjectNotFoundError if absent */
   get(name: string): Promise<Buffer>;
   /** reads the whole object into `into` and returns its length (optional; faster, no allocation) */
@@ -40,9 +40,17 @@ export interface ObjectInfo {
 }
 
 export interface PutOptions {
-  /** skip the per-object flush; a later sync() makes it durable (batching many puts) */
-  deferSync?: boolean;
+  /** skip the per-object flush; the batch's sync() makes it durable with the others */
+  batch?: WriteBatch;
 }
+
+/** Puts made durable together. sync() throws if any of them could not be made durable. */
+export interface WriteBatch {
+  sync(): Promise<void>;
+}
+
+/** the batch of a store whose every put is durable on return */
+export const DURABLE_BATCH: WriteBatch = { sync: async () => undefined };
 
 export class ObjectNotFoundError extends Error {
   readonly code = 'ENOENT';

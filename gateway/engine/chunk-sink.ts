@@ -9,6 +9,7 @@ import { CHUNK_HEADER, encodeChunk } from '../../drivers/chunk.js';
 import type { Appliance } from '../appliance.js';
 import type { ChunkInfo } from '../../catalog/catalog.js';
 import { LowWater } from './pipeline.js';
+import type { WriteBatch } from '../../drivers/store/types.js';
 
 export interface SinkStats {
   object_count: number;
@@ -31,6 +32,8 @@ export class ChunkSink {
   private failure: unknown;
   private readonly unindexed: [string, ChunkInfo][] = [];
   private readonly unstoredPages = new Map<string, Buffer>();
+  /** this backup's own write batch: its sync covers exactly the objects this backup wrote */
+  private readonly batch: WriteBatch;
 
   /**
    * @param sequential chunks are put in index order (a whole-volume read): finished map
@@ -46,6 +49,7 @@ export class ChunkSink {
     this.slots = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize));
     this.outs = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize + CHUNK_HEADER));
     this.free = Array.from({ length: depth }, (_, i) => i);
+    this.batch = app.repo.batch();
   }
 
   /** the first error of any chunk so far; the producer should stop */
@@ -109,7 +113,7 @@ export class ChunkSink {
             this.slots[slot] = enc.buf;
             this.outs[slot] = enc.out;
             // durable in one batch at the end; the index entry is added only after that
-            await repo.putChunk(h.digest, enc.object, { deferSync: true });
+            await repo.putChunk(h.digest, enc.object, { batch: this.batch });
             this.unindexed.push([h.digest, { s: enc.object.length, c: CODEC_ID[enc.codec], n: len }]);
             this.stats.new_chunks++;
             this.stats.new_bytes += enc.object.length;
@@ -134,7 +138,7 @@ export class ChunkSink {
   storePage(p: NewPage): Promise<void> {
     if (this.app.catalog.pages.get(p.digest) || this.unstoredPages.has(p.digest)) return Promise.resolve();
     this.unstoredPages.set(p.digest, p.bytes);
-    const job = this.app.repo.putPage(p.digest, encodeChunk(p.bytes, this.app.repo.config.codec).object, { deferSync: true });
+    const job = this.app.repo.putPage(p.digest, encodeChunk(p.bytes, this.app.repo.config.codec).object, { batch: this.batch });
     this.pages.push(job);
     return job;
   }
@@ -150,7 +154,7 @@ export class ChunkSink {
     this.flushPages(this.builder.takeFinishedPages());
     await Promise.all(this.pages);
     const root = this.builder.finish();
-    await this.app.repo.sync();
+    await this.batch.sync();
     const { catalog } = this.app;
     await catalog.env.transaction(() => {
       for (const [d, info] of this.unindexed) catalog.chunks.put(d, info);

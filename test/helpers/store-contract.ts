@@ -120,6 +120,23 @@ export function objectStoreContract(
     t.deepEqual(await collect(store.list('a')), ['a/1', 'a/b/3']);
   });
 
+  test(title('getRange reads part of an object (short at its end, empty past it); listInfo gives sizes and times'), async (t) => {
+    const store = await open(t);
+    const data = randomBytes(10_000);
+    const before = Date.now() - 60_000;
+    await store.put('r/obj', data);
+    await store.put('r/small', Buffer.from('abc'));
+    t.is(sha(await store.getRange('r/obj', 0, 12)), sha(data.subarray(0, 12)));
+    t.is(sha(await store.getRange('r/obj', 9990, 100)), sha(data.subarray(9990)), 'short at the end');
+    t.is((await store.getRange('r/obj', 20_000, 10)).length, 0, 'nothing past the end');
+    await t.throwsAsync(store.getRange('r/none', 0, 1), { instanceOf: ObjectNotFoundError });
+    const infos: { name: string; size: number; mtimeMs: number }[] = [];
+    for await (const o of store.listInfo('r')) infos.push(o);
+    infos.sort((a, b) => a.name.localeCompare(b.name));
+    t.deepEqual(infos.map((o) => [o.name, o.size]), [['r/obj', 10_000], ['r/small', 3]]);
+    for (const o of infos) t.true(o.mtimeMs > before && o.mtimeMs < Date.now() + 60_000, `${o.name} mtime ${o.mtimeMs}`);
+  });
+
   test(title('invalid names are refused and nothing is written'), async (t) => {
     const store = await open(t);
     for (const bad of ['../escape', '/abs', 'a//b', 'a/../b', 'UPPER', 'a/', '', 'sp ace', 'a/./b']) {
