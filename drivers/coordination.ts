@@ -44,7 +44,11 @@ export interface EpochRecord {
 
 const TOKEN_RE = /^[0-9a-f]{32}$/;
 
+/** tokens this process released, even if removing their object failed (the store was unreachable) */
+const releasedHere = new Set<string>();
+
 export function holderLive(h: Holder, nowMs = Date.now()): boolean {
+  if (releasedHere.has(h.token) && h.who.pid === process.pid) return false;
   const state = identityState(h.who);
   if (state === 'alive') return true;
   if (state === 'dead') return false;
@@ -85,8 +89,10 @@ export class HeldObject {
   async release(): Promise<void> {
     if (this.released) return;
     this.released = true;
+    releasedHere.add(this.holder.token);
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    // if this fails, the object stays until a GC finds it stale (this process never counts it live again)
     await this.store.delete(this.name);
   }
 }
