@@ -3,11 +3,11 @@
  * locks that keep garbage collection and writers apart. One LMDB environment, several
  * named databases; every state change that must be atomic is one write transaction.
  */
-import os from 'node:os';
 import { randomUUID } from 'node:crypto';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { MapReader, type PageLoader } from './blockmap.js';
-import { resumableRestores } from './sessions.js';
+import { identityState, selfIdentity } from '../drivers/process-identity.js';
+import { resumableRestores, servingSession } from './sessions.js';
 import { type BackupRecord, type BackupStatus, type BackupView, type Owner, type VolumeRecord, isLive, now } from './records.js';
 
 export interface ChunkInfo {
@@ -33,21 +33,21 @@ export class ConflictError extends Error {
   }
 }
 
-const HOST = os.hostname();
+/** the process running an operation: host, pid, boot id and start time (drivers/process-identity.ts) */
 export function ownerHere(): Owner {
-  return { pid: process.pid, host: HOST, since: now() };
+  const id = selfIdentity();
+  return { pid: id.pid, host: id.host, since: now(), boot: id.boot, start: id.start };
 }
-/** true if the owning process still runs (owners on other hosts are taken as alive) */
+/**
+ * True if the owning process still runs. On this host that is the same pid with the same
+ * start time in the same boot (a reused pid, or a reboot, is not the owner; records from
+ * before these were kept compare by pid alone). An owner on another host (a data dir on a
+ * shared file system) cannot be probed and is taken as alive.
+ */
 export function ownerAlive(o: Owner | null | undefined): boolean {
   if (!o) return false;
-  if (o.host !== HOST) return true;
-  if (o.pid === process.pid) return true;
-  try {
-    process.kill(o.pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
+  if (o.pid === process.pid && o.host === selfIdentity().host && (!o.start || o.start === selfIdentity().start)) return true;
+  return identityState({ host: o.host, pid: o.pid, boot: o.boot ?? '', start: o.start ?? 0 }) !== 'dead';
 }
 
 export class Catalog {
@@ -255,6 +255,12 @@ export class Catalog {
         if (!ownerAlive(value)) this.locks.removeSync(key);
       }
       for (const { value: b } of this.backups.getRange({})) {
+        if (!b.owner && b.status === 'creating') {
+          // no process owns it (a hand-over that never completed): nobody will finish it
+          this.backups.putSync(b.id, { ...b, status: 'error', fail_reason: 'interrupted: no process was running it', updated_at: now() });
+          settled.push(this.backups.get(b.id)!);
+          continue;
+        }
         if (!b.owner || ownerAlive(b.owner)) continue;
         const why = `interrupted: the process running it (pid ${b.owner.pid}) ended before it finished`;
         let next: BackupRecord | undefined;
@@ -281,11 +287,26 @@ export class Catalog {
     return !!o && ownerAlive(o);
   }
 
-  /** Marks a volume as the target of a running restore; one at a time per volume. */
-  claimRestoreTarget(volumeId: string): void {
+  /**
+   * Marks a volume as the target of a running restore; one at a time per volume. With
+   * `idle`, also refuses a volume that is being backed up or still served read-write by an
+   * instant-restore session (all in the same transaction as the claim).
+   */
+  claimRestoreTarget(volumeId: string, opts: { idle?: boolean } = {}): void {
     this.env.transactionSync(() => {
       const o = this.locks.get(`r:${volumeId}`);
       if (o && ownerAlive(o)) throw new ConflictError(`a restore into volume ${volumeId} is already running (pid ${o.pid})`);
+      if (opts.idle) {
+        const v = this.volumes.get(volumeId);
+        const name = v?.name ?? volumeId;
+        for (const { value: b } of this.backups.getRange({})) {
+          if (b.volume_id === volumeId && b.status === 'creating' && (!b.owner || ownerAlive(b.owner))) {
+            throw new ConflictError(`volume ${name} is being backed up (backup ${b.id}); restore into it when that ends`);
+          }
+        }
+        const s = servingSession(this.env, volumeId);
+        if (s) throw new ConflictError(`volume ${name} is served read-write as export ${s.export_name} by instant-restore session ${s.id}; detach it first`);
+      }
       this.locks.putSync(`r:${volumeId}`, ownerHere());
     });
   }

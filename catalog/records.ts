@@ -10,6 +10,9 @@ export interface Owner {
   pid: number;
   host: string;
   since: string;
+  /** the kernel's boot id and the process start time (ticks since boot): a reused pid, or a reboot, is not the owner */
+  boot?: string;
+  start?: number;
 }
 
 export interface VolumeRecord {

@@ -73,6 +73,15 @@ export function resumableRestores(env: RootDatabase): { backups: Set<string>; vo
   return out;
 }
 
+/** A session that still serves a volume read-write (running, or completed and attached), if any. */
+export function servingSession(env: RootDatabase, volumeId: string): SessionRecord | undefined {
+  const db = env.openDB<SessionRecord, string>({ name: SESSIONS_DB });
+  for (const { value: s } of db.getRange({})) {
+    if (s.volume_id === volumeId && (ACTIVE_STATES.includes(s.status) || (s.status === 'completed' && s.attached))) return s;
+  }
+  return undefined;
+}
+
 export class SessionStore {
   readonly db: Database<SessionRecord, string>;
   readonly bitmaps: Database<Buffer, string>;

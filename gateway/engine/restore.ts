@@ -52,7 +52,7 @@ export async function prepareRestore(app: Appliance, opts: RestoreOptions): Prom
     await FileVolume.create(file, backup.size_bytes);
     target = catalog.addVolume({ name, driver: 'file', path: file, size: backup.size_bytes, status: 'available', managed: true, project_id: backup.project_id, user_id: backup.user_id });
   }
-  catalog.claimRestoreTarget(target.id);
+  catalog.claimRestoreTarget(target.id, { idle: true });
   try {
     catalog.transition(backup.id, ['available'], 'restoring', { owner: ownerHere() });
   } catch (e) {

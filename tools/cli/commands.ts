@@ -2,6 +2,7 @@
 import { spawn } from 'node:child_process';
 import type { Command } from 'commander';
 import { ownerHere } from '../../catalog/catalog.js';
+import { processStart } from '../../drivers/process-identity.js';
 import { Appliance } from '../../gateway/appliance.js';
 import { loadConfig } from '../../gateway/config.js';
 import { runBackup, startBackup } from '../../gateway/engine/backup.js';
@@ -84,12 +85,18 @@ export function backupCommands(program: Command, g: () => Globals): void {
       withApp(g(), async (app) => {
         const rec = await startBackup(app, { volume, incremental: o.incremental, force: o.force, name: o.name, description: o.description, snapshotId: o.snapshotId });
         if (!o.wait) {
-          // hand the recorded backup to a detached job process, which becomes its owner
-          app.catalog.putBackup({ ...rec, owner: null });
-          app.catalog.unregisterWriter(rec.id);
+          // hand the recorded backup to a detached job process: ownership passes in one step from
+          // this process to the job's identity (pid and start time), so at every instant a live or
+          // a dead process owns it, and recovery settles it if the job never starts or dies
           const child = spawn(process.execPath, [process.argv[1]!, ...(g().dataDir ? ['--data-dir', g().dataDir!] : []), 'job', 'backup', rec.id], { detached: true, stdio: 'ignore' });
+          const jobOwner = child.pid ? { ...ownerHere(), pid: child.pid, start: processStart(child.pid) ?? 0 } : null;
+          app.catalog.env.transactionSync(() => {
+            if (jobOwner) app.catalog.putBackup({ ...rec, owner: jobOwner });
+            else app.catalog.putBackup({ ...rec, status: 'error', owner: null, fail_reason: 'the background job could not be started' });
+            app.catalog.unregisterWriter(rec.id);
+          });
           child.unref();
-          printRecord(g().format, app.catalog.view(rec));
+          printRecord(g().format, app.catalog.view(app.catalog.backupRecord(rec.id)));
           return;
         }
         const bar = progressBar(`backup ${rec.name}`);
@@ -157,12 +164,24 @@ export function jobCommands(program: Command, g: () => Globals): void {
     .command('backup <id>')
     .action((id: string) =>
       withApp(g(), async (app) => {
-        // this process becomes the backup's owner, so recovery knows whom to watch
-        const rec = { ...app.catalog.backupRecord(id), owner: ownerHere() };
-        app.catalog.env.transactionSync(() => {
-          app.catalog.registerWriter(rec.id);
-          app.catalog.putBackup(rec);
-        });
+        // the CLI that started it made this process the owner; wait (briefly) until it has
+        const deadline = Date.now() + 15_000;
+        let rec = app.catalog.backupRecord(id);
+        while (rec.status === 'creating' && rec.owner?.pid !== process.pid && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 20));
+          rec = app.catalog.backupRecord(id);
+        }
+        if (rec.status !== 'creating' || rec.owner?.pid !== process.pid) throw new Error(`backup ${id} is not this job's to run (${rec.status})`);
+        rec = { ...rec, owner: ownerHere() };
+        try {
+          app.catalog.env.transactionSync(() => {
+            app.catalog.registerWriter(rec.id);
+            app.catalog.putBackup(rec);
+          });
+        } catch (e) {
+          app.catalog.transition(rec.id, ['creating'], 'error', { owner: null, fail_reason: (e as Error).message });
+          throw e;
+        }
         await runBackup(app, rec);
       }),
     );
