@@ -116,7 +116,11 @@ export async function runBackup(app: Appliance, rec: BackupRecord, progress?: Pr
     const driver = app.volumeDriver(catalog.volume(rec.volume_id));
     source = from ? null : ((await driver.snapshotForBackup?.(rec.id)) ?? null);
     const parent = rec.parent_id ? catalog.backups.get(rec.parent_id) : undefined;
-    const done = source ? await copyChanges(app, rec, source, parent, progress) : await copyVolume(app, rec, progress, from);
+    // a diff can only be laid over a parent that has a change token (an export-diff snapshot);
+    // over any other parent (e.g. one saved from an overlay) it is built from the full diff alone
+    const base = parent?.change_token ? parent : undefined;
+    if (source && parent && !base) rec = { ...rec, notes: [...rec.notes, `the parent backup ${parent.id} has no snapshot to diff against: this backup read every allocated extent of the image`] };
+    const done = source ? await copyChanges(app, rec, source, base, progress) : await copyVolume(app, rec, progress, from);
     // the manifest names its writer's lease: a catalog rebuild leaves it alone while the lease is live
     await app.repo.putManifest(rec.id, encodeManifest(app.repo.config.id, done.rec, catalog.volume(rec.volume_id), done.root, lease.token));
     await lease.renew();

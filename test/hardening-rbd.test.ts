@@ -1,0 +1,49 @@
+/**
+ * Hardening: an RBD incremental over a parent without a change token (a backup not made by
+ * export-diff, e.g. one saved from an overlay) is exactly the volume at its snapshot: ranges
+ * the image no longer has allocated read as zeroes, not as the parent's old data.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomBytes, createHash } from 'node:crypto';
+import { parseRbdSpec } from '../drivers/volume/rbd.js';
+import { createVolume } from '../gateway/engine/volumes.js';
+import { cephTest, getCeph, rbd, rbdApply } from './helpers/ceph.js';
+import { openApp, tmpDir } from './helpers/core.js';
+import { backup, restoreToBuffer } from './helpers/engine.js';
+
+const MiB = 1 << 20;
+
+cephTest('an RBD incremental over a parent without a change token is the image at its snapshot (discarded ranges read as zeroes)', async (t) => {
+  t.timeout(3 * 60_000);
+  const c = await getCeph();
+  const spec = `volumes/bgt-hard-${randomBytes(3).toString('hex')}`;
+  const file = path.join(tmpDir(t), 'src.img');
+  fs.writeFileSync(file, randomBytes(8 * MiB));
+  await rbd(c, ['import', '--no-progress', file, spec]);
+  t.teardown(async () => {
+    await rbd(c, ['snap', 'purge', '--no-progress', spec]).catch(() => undefined);
+    await rbd(c, ['remove', '--no-progress', spec]).catch(() => undefined);
+  });
+  const app = await openApp(t, { chunkSize: MiB });
+  await createVolume(app, { name: 'r', rbd: spec, cephConf: c.conf });
+  const full = await backup(app, 'r');
+  t.truthy(full.change_token);
+  // the parent as a backup not made by export-diff would be: no snapshot to diff against
+  app.catalog.putBackup({ ...app.catalog.backups.get(full.id)!, change_token: null });
+  const { pool, image } = parseRbdSpec(spec);
+  await rbdApply(c, pool, image, [
+    { op: 'discard', offset: 2 * MiB, length: 2 * MiB },
+    { op: 'write', offset: 6 * MiB + 4096, data: randomBytes(8192) },
+  ]);
+  const now = await rbd(c, ['export', '--no-progress', spec, '-']);
+  t.is(now.subarray(2 * MiB, 4 * MiB).compare(Buffer.alloc(2 * MiB)), 0, 'the discarded range reads as zeroes in the image');
+  const inc = await backup(app, 'r', { incremental: true });
+  t.true(inc.is_incremental);
+  t.is(inc.parent_id, full.id);
+  t.true(inc.notes.some((n) => /has no snapshot to diff against/.test(n)));
+  const got = await restoreToBuffer(app, inc.id);
+  const h = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+  t.is(h(got.subarray(2 * MiB, 4 * MiB)), h(Buffer.alloc(2 * MiB)), 'not the parent\'s old data');
+  t.is(h(got), h(now), 'the incremental is the image, bit for bit');
+});
