@@ -25,6 +25,7 @@ export class ChunkSink {
   private readonly outs: ArrayBuffer[];
   private readonly free: number[];
   private readonly waiters: ((slot: number) => void)[] = [];
+  /** chunks written (or being written) since the last commit of the index, by digest */
   private readonly writing = new Map<string, Promise<void>>();
   private readonly inflight = new Set<Promise<void>>();
   private readonly pages: Promise<void>[] = [];
@@ -57,7 +58,19 @@ export class ChunkSink {
     return this.failure !== undefined;
   }
 
+  /**
+   * Objects written and not yet indexed are committed in bounded batches (sync, then index),
+   * so the sink's memory does not grow with the volume. Objects indexed before the backup
+   * commits are safe: they are durable, and a GC that finds no manifest naming them (the
+   * backup failed) removes them, index entry first; while this backup runs its lease holds
+   * GC off.
+   */
+  static commitEvery = 4096;
+  /** the most objects held at once waiting for their index entry (for tests) */
+  peakUnindexed = 0;
+
   async acquire(): Promise<number> {
+    if (this.unindexed.length + this.unstoredPages.size >= ChunkSink.commitEvery && !this.failed) await this.commitWritten();
     const slot = this.free.pop();
     if (slot !== undefined) return slot;
     return new Promise((resolve) => this.waiters.push(resolve));
@@ -145,22 +158,36 @@ export class ChunkSink {
 
   /**
    * Waits for every chunk and writes the remaining pages; then makes every object durable
-   * (one sync of the store) and only then indexes chunks and pages in one transaction.
-   * Throws the first failure, leaving only unindexed objects for GC.
+   * (one sync of the batch) and only then indexes chunks and pages in one transaction.
+   * Throws the first failure; what it leaves is named by no manifest, for GC.
    */
   async finish(): Promise<Buffer> {
     while (this.inflight.size) await Promise.all(this.inflight);
     if (this.failure !== undefined) throw this.failure;
     this.flushPages(this.builder.takeFinishedPages());
-    await Promise.all(this.pages);
     const root = this.builder.finish();
+    await this.commitWritten();
+    return root;
+  }
+
+  /** waits for every write in flight, makes them durable (one sync of this batch), then indexes them in one transaction */
+  private async commitWritten(): Promise<void> {
+    while (this.inflight.size) await Promise.all(this.inflight);
+    await Promise.all(this.pages);
+    if (this.failure !== undefined) throw this.failure;
+    this.peakUnindexed = Math.max(this.peakUnindexed, this.unindexed.length + this.unstoredPages.size);
     await this.batch.sync();
     const { catalog } = this.app;
+    const chunks = this.unindexed.splice(0);
+    const pages = [...this.unstoredPages];
     await catalog.env.transaction(() => {
-      for (const [d, info] of this.unindexed) catalog.chunks.put(d, info);
-      for (const [d, bytes] of this.unstoredPages) catalog.pages.put(d, bytes);
+      for (const [d, info] of chunks) catalog.chunks.put(d, info);
+      for (const [d, bytes] of pages) catalog.pages.put(d, bytes);
     });
-    return root;
+    this.unstoredPages.clear();
+    this.pages.length = 0;
+    // what was written is in the index now: later duplicates find it there
+    this.writing.clear();
   }
 
   /** waits for what is in flight, ignoring results (after a failure elsewhere) */
