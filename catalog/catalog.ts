@@ -316,9 +316,19 @@ export class Catalog {
   }
 
   /** Readers (NBD exports, mounts) that hold a backup open; a deleted backup must have none. */
+  /**
+   * Adds a reader lease, in one transaction with a check that the backup can be read
+   * (available or restoring): a delete, which checks leases in its own transaction, either
+   * sees this lease or has already moved the backup on, and then this refuses.
+   */
   addReaderLease(backupId: string, who: string): string {
     const key = `a:${backupId}:${process.pid}:${who}`;
-    this.locks.putSync(key, ownerHere());
+    this.env.transactionSync(() => {
+      const b = this.backups.get(backupId);
+      if (!b) throw new NotFoundError('backup', backupId);
+      if (b.status !== 'available' && b.status !== 'restoring') throw new ConflictError(`backup ${backupId} is ${b.status}; it cannot be opened`);
+      this.locks.putSync(key, ownerHere());
+    });
     return key;
   }
 

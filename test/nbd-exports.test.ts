@@ -108,12 +108,15 @@ test('export save keeps an overlay\'s writes as a new backup when its last clien
   const d = await startDaemon(t, c.dataDir);
   const refused = await cli(c.dataDir, ['export', 'save', 'disk@inc+overlay', '--name', 'patched']);
   t.is(refused.code, 4, 'not attached yet');
+  // the writer stays connected until the save was asked for (a flag file), so the save meets an attached overlay
+  const flag = path.join(c.dir, 'saved.flag');
   const writer = run('/usr/bin/python3', [
     '-c',
-    `import nbd,time\nh=nbd.NBD()\nh.connect_uri("${d.uri('disk@inc+overlay')}")\nh.pwrite(b"\\x77"*10000, 12345)\nh.flush()\ntime.sleep(2.5)\nh.shutdown()`,
+    `import nbd,time,os\nh=nbd.NBD()\nh.connect_uri("${d.uri('disk@inc+overlay')}")\nh.pwrite(b"\\x77"*10000, 12345)\nh.flush()\nopen("${flag}.ready","w").close()\nend=time.time()+120\nwhile not os.path.exists("${flag}") and time.time()<end: time.sleep(0.05)\nh.shutdown()`,
   ]);
-  await new Promise((r) => setTimeout(r, 1200));
+  for (let i = 0; i < 1200 && !fs.existsSync(`${flag}.ready`); i++) await new Promise((r) => setTimeout(r, 50));
   const saved = await cliJson(c.dataDir, ['export', 'save', 'disk@inc+overlay', '--name', 'patched']);
+  fs.writeFileSync(flag, '');
   t.is(saved.saved_as, 'patched');
   await writer;
   let b: Record<string, unknown> | undefined;

@@ -17,6 +17,7 @@ import { BackupDevice } from '../devices/backup-device.js';
 import { CowOverlay } from '../devices/overlay.js';
 import type { ChunkReader } from '../read/chunk-reader.js';
 import type { ExportSource } from './registry.js';
+import { ConflictError, NotFoundError } from '../../catalog/catalog.js';
 import { runBackup, startBackup } from '../engine/backup.js';
 
 export const OVERLAY_SUFFIX = '+overlay';
@@ -25,6 +26,8 @@ export interface OverlaySaveRequest {
   name: string;
   description: string;
   requested_at: string;
+  /** the overlay it was made for (its reader-lease label): never applied to a later overlay */
+  overlay?: string;
 }
 export const overlaySaveKey = (backupId: string): string => `overlay-save:${backupId}`;
 
@@ -36,7 +39,7 @@ export function exportName(all: BackupRecord[], b: BackupRecord): string {
 
 export class BackupExports implements ExportSource {
   private readonly leases = new WeakMap<BlockDevice, string>();
-  private readonly overlays = new Map<string, { dev: CowOverlay; refs: number; lease: string }>();
+  private readonly overlays = new Map<string, { dev: CowOverlay; refs: number; lease: string; label: string }>();
 
   constructor(
     private readonly app: Appliance,
@@ -82,17 +85,37 @@ export class BackupExports implements ExportSource {
     const overlay = name.endsWith(OVERLAY_SUFFIX);
     const b = this.resolve(overlay ? name.slice(0, -OVERLAY_SUFFIX.length) : name);
     if (!b) return null;
+    // the lease is taken with a check of the backup's state in one transaction: a delete that
+    // slipped in since resolve() makes this refuse (the export is gone), never serve a deleted backup
+    const lease = (who: string) => {
+      try {
+        return this.app.catalog.addReaderLease(b.id, who);
+      } catch (e) {
+        if (e instanceof ConflictError || e instanceof NotFoundError) return null;
+        throw e;
+      }
+    };
     if (!overlay) {
+      const key = lease(`nbd:${name}:${randomUUID().slice(0, 8)}`);
+      if (!key) return null;
       const dev = this.device(b);
-      this.leases.set(dev, this.app.catalog.addReaderLease(b.id, `nbd:${name}:${randomUUID().slice(0, 8)}`));
+      this.leases.set(dev, key);
       return dev;
     }
     let o = this.overlays.get(b.id);
     if (!o) {
+      const label = `nbd-overlay:${b.id}:${randomUUID().slice(0, 8)}`;
+      const key = lease(label);
+      if (!key) return null;
       const dir = path.join(this.app.config.dataDir, 'scratch');
-      fs.mkdirSync(dir, { recursive: true });
-      const dev = await CowOverlay.create(this.device(b), path.join(dir, `overlay-${b.id}-${process.pid}.img`));
-      o = { dev, refs: 0, lease: this.app.catalog.addReaderLease(b.id, `nbd-overlay:${b.id}`) };
+      fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+      try {
+        const dev = await CowOverlay.create(this.device(b), path.join(dir, `overlay-${b.id}-${process.pid}.img`));
+        o = { dev, refs: 0, lease: key, label };
+      } catch (e) {
+        this.app.catalog.removeReaderLease(key);
+        throw e;
+      }
       this.overlays.set(b.id, o);
     }
     o.refs++;
@@ -111,7 +134,7 @@ export class BackupExports implements ExportSource {
       if (--o.refs > 0) return;
       this.overlays.delete(id);
       try {
-        await this.saveIfRequested(id, o.dev);
+        await this.saveIfRequested(id, o.dev, o.label);
       } finally {
         this.app.catalog.removeReaderLease(o.lease);
         await o.dev.close();
@@ -120,11 +143,13 @@ export class BackupExports implements ExportSource {
   }
 
   /** `blockgate export save` asked for this overlay to become a backup when its last client left */
-  private async saveIfRequested(backupId: string, dev: CowOverlay): Promise<void> {
+  private async saveIfRequested(backupId: string, dev: CowOverlay, label: string): Promise<void> {
     const key = overlaySaveKey(backupId);
     const req = this.app.catalog.meta.get(key) as OverlaySaveRequest | undefined;
     if (!req) return;
     this.app.catalog.meta.removeSync(key);
+    // a request for another (earlier) overlay of this backup is stale: its writes are gone
+    if (req.overlay !== label) return;
     const b = this.app.catalog.backups.get(backupId)!;
     try {
       const rec = await startBackup(this.app, { volume: b.volume_id, force: true, name: req.name, description: req.description || `saved from the overlay of backup ${b.id}` });
@@ -140,6 +165,12 @@ export class BackupExports implements ExportSource {
   async closeAll(): Promise<void> {
     for (const [id, o] of this.overlays) {
       this.overlays.delete(id);
+      // its writes are discarded, so is a save asked for them
+      const req = this.app.catalog.meta.get(overlaySaveKey(id)) as OverlaySaveRequest | undefined;
+      if (req && req.overlay === o.label) {
+        this.app.catalog.meta.removeSync(overlaySaveKey(id));
+        this.onSaved?.(null, req.name, new Error('the daemon stopped before the last client disconnected: the overlay was discarded, not saved'));
+      }
       this.app.catalog.removeReaderLease(o.lease);
       await o.dev.close();
     }

@@ -2,12 +2,12 @@
 import type { Command } from 'commander';
 import { Appliance } from '../../gateway/appliance.js';
 import { loadConfig } from '../../gateway/config.js';
-import { Daemon, makeLogger, nbdUris } from '../../gateway/daemon.js';
+import { Daemon, InsecureListenError, makeLogger, nbdUris } from '../../gateway/daemon.js';
 import { BackupExports, OVERLAY_SUFFIX, type OverlaySaveRequest, overlaySaveKey } from '../../gateway/exports/backups.js';
 import { ConflictError, NotFoundError } from '../../catalog/catalog.js';
 import { SessionStore } from '../../catalog/sessions.js';
 import { type Globals, withApp } from './commands.js';
-import { printRecord, printRows } from './output.js';
+import { UsageError, printRecord, printRows } from './output.js';
 
 export type DaemonHook = (d: Daemon) => Promise<void> | void;
 const hooks: DaemonHook[] = [];
@@ -30,18 +30,28 @@ export function serveCommands(program: Command, g: () => Globals): void {
     .action(async (o: { nbdHost?: string; nbdPort?: string; nbdSocket?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsRequired?: boolean }) => {
       const cfg = loadConfig(g().dataDir);
       const log = makeLogger();
+      if ((o.tlsCert && !o.tlsKey) || (!o.tlsCert && o.tlsKey)) throw new UsageError('--tls-cert and --tls-key go together');
+      // options override nbd.tls of blockgate.json
+      const fileTls = cfg.nbd.tls;
+      const tls = o.tlsCert && o.tlsKey ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa ?? fileTls?.ca, required: o.tlsRequired ?? fileTls?.required } : fileTls ? { ...fileTls, ...(o.tlsCa ? { ca: o.tlsCa } : {}), ...(o.tlsRequired ? { required: true } : {}) } : undefined;
+      if (!tls && (o.tlsCa || o.tlsRequired)) throw new UsageError('--tls-ca and --tls-required need --tls-cert and --tls-key (or nbd.tls in blockgate.json)');
       const app = await Appliance.open(cfg);
-      if ((o.tlsCert && !o.tlsKey) || (!o.tlsCert && o.tlsKey)) throw new Error('--tls-cert and --tls-key go together');
       const daemon = new Daemon(
         app,
         {
           host: o.nbdHost ?? cfg.nbd.host,
           port: o.nbdPort !== undefined ? Number(o.nbdPort) : cfg.nbd.port,
           socket: o.nbdSocket ?? cfg.nbd.socket,
-          tls: o.tlsCert && o.tlsKey ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa, required: o.tlsRequired } : undefined,
+          tls,
         },
         log,
       );
+      try {
+        await daemon.preflight();
+      } catch (e) {
+        await app.close();
+        throw e instanceof InsecureListenError ? new UsageError(e.message) : e;
+      }
       // signals are caught before the daemon says it listens, so an early SIGTERM still stops it cleanly
       const stopped = new Promise<void>((resolve) => {
         const stop = (sig: string) => {
@@ -70,10 +80,12 @@ export function serveCommands(program: Command, g: () => Globals): void {
         const src = new BackupExports(app, { read: () => Promise.reject(new Error('not for reading')) });
         const b = name.endsWith(OVERLAY_SUFFIX) ? src.resolve(name.slice(0, -OVERLAY_SUFFIX.length)) : undefined;
         if (!b) throw new NotFoundError('overlay export', name);
-        if (!app.catalog.readerLeases(b.id).some((l) => l.startsWith(`nbd-overlay:${b.id}`))) {
+        const attached = app.catalog.readerLeases(b.id).find((l) => l.startsWith(`nbd-overlay:${b.id}:`));
+        if (!attached) {
           throw new ConflictError(`${name} is not attached: its writes live only while a client is connected (attach, write, then save before disconnecting)`);
         }
-        const req: OverlaySaveRequest = { name: o.name, description: o.description ?? '', requested_at: new Date().toISOString() };
+        // bound to the overlay attached now: a later overlay of the same backup never picks it up
+        const req: OverlaySaveRequest = { name: o.name, description: o.description ?? '', requested_at: new Date().toISOString(), overlay: attached.split(' ')[0] };
         app.catalog.meta.putSync(overlaySaveKey(b.id), req);
         printRecord(g().format, { export: name, backup: b.id, saved_as: o.name, when: 'the last client disconnects' });
       }),
