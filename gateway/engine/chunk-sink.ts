@@ -66,11 +66,14 @@ export class ChunkSink {
    * GC off.
    */
   static commitEvery = 4096;
+  /** ...or when the map pages waiting for the index pass this many bytes (they are kept whole until then) */
+  static commitPageBytes = 8 * 1024 * 1024;
+  private unstoredPageBytes = 0;
   /** the most objects held at once waiting for their index entry (for tests) */
   peakUnindexed = 0;
 
   async acquire(): Promise<number> {
-    if (this.unindexed.length + this.unstoredPages.size >= ChunkSink.commitEvery && !this.failed) await this.commitWritten();
+    if ((this.unindexed.length + this.unstoredPages.size >= ChunkSink.commitEvery || this.unstoredPageBytes >= ChunkSink.commitPageBytes) && !this.failed) await this.commitWritten();
     const slot = this.free.pop();
     if (slot !== undefined) return slot;
     return new Promise((resolve) => this.waiters.push(resolve));
@@ -151,6 +154,7 @@ export class ChunkSink {
   storePage(p: NewPage): Promise<void> {
     if (this.app.catalog.pages.get(p.digest) || this.unstoredPages.has(p.digest)) return Promise.resolve();
     this.unstoredPages.set(p.digest, p.bytes);
+    this.unstoredPageBytes += p.bytes.length;
     const job = this.app.repo.putPage(p.digest, encodeChunk(p.bytes, this.app.repo.config.codec).object, { batch: this.batch });
     this.pages.push(job);
     return job;
@@ -185,6 +189,7 @@ export class ChunkSink {
       for (const [d, bytes] of pages) catalog.pages.put(d, bytes);
     });
     this.unstoredPages.clear();
+    this.unstoredPageBytes = 0;
     this.pages.length = 0;
     // what was written is in the index now: later duplicates find it there
     this.writing.clear();
