@@ -9,6 +9,8 @@ import { randomBytes } from 'node:crypto';
 import { DEFAULT_CHUNK } from '../drivers/chunk.js';
 import type { CodecName } from '../drivers/codec.js';
 import type { S3StoreOptions } from '../drivers/store/s3.js';
+import { type NbdAccessRule, validateRule } from './exports/access.js';
+import { parseSize } from './size.js';
 
 export interface DirRepoConfig {
   driver: 'dir';
@@ -30,7 +32,83 @@ export interface ApplianceConfig {
   pipelineDepth: number;
   /** worker threads for hashing and compression (default: number of cores) */
   workers?: number;
-  nbd: { host: string; port: number; socket: string };
+  nbd: NbdConfig;
+}
+
+/** `nbd` in blockgate.json: where the daemon listens, TLS, who sees what, and its bounds. */
+export interface NbdConfig {
+  host: string;
+  port: number;
+  /** unix socket path ('' for none) */
+  socket: string;
+  /** x509 for NBD TLS (paths, relative to the data dir); `ca` verifies client certificates */
+  tls?: { cert: string; key: string; ca?: string; required?: boolean };
+  /** client certificate identity -> exports it may list, open and (write) write; see gateway/exports/access.ts */
+  access: NbdAccessRule[];
+  /** open NBD connections over all listeners; more are refused */
+  maxConnections: number;
+  /** requests served concurrently per connection */
+  maxInFlightRequests: number;
+  /** payload bytes (reads until sent, writes, CACHE windows) held per connection */
+  maxInFlightBytes: number;
+  /** the same over all connections together */
+  maxTotalInFlightBytes: number;
+}
+
+const NBD_KEYS = ['host', 'port', 'socket', 'tls', 'access', 'maxConnections', 'maxInFlightRequests', 'maxInFlightBytes', 'maxTotalInFlightBytes'];
+
+/** The `nbd` section over its defaults, every field checked; errors name the file and the field. */
+export function validateNbd(raw: unknown, base: NbdConfig, dataDir: string, where: string): NbdConfig {
+  if (raw === undefined) return base;
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new Error(`${where}: nbd must be an object`);
+  const r = raw as Record<string, unknown>;
+  for (const k of Object.keys(r)) if (!NBD_KEYS.includes(k)) throw new Error(`${where}: unknown key nbd.${k} (known: ${NBD_KEYS.join(', ')})`);
+  const out: NbdConfig = { ...base, access: [...base.access] };
+  const str = (k: string): string | undefined => {
+    const v = r[k];
+    if (v === undefined) return undefined;
+    if (typeof v !== 'string') throw new Error(`${where}: nbd.${k} must be a string`);
+    return v;
+  };
+  const int = (k: string, min: number, max: number, size = false): number | undefined => {
+    let v = r[k];
+    if (v === undefined) return undefined;
+    if (size && typeof v === 'string') {
+      try {
+        v = parseSize(v);
+      } catch (e) {
+        throw new Error(`${where}: nbd.${k}: ${(e as Error).message}`);
+      }
+    }
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new Error(`${where}: nbd.${k} must be a whole number from ${min} to ${max}${size ? ' (or a size such as "64M")' : ''}`);
+    return v;
+  };
+  out.host = str('host') ?? out.host;
+  out.socket = str('socket') ?? out.socket;
+  out.port = int('port', 0, 65535) ?? out.port;
+  out.maxConnections = int('maxConnections', 1, 65536) ?? out.maxConnections;
+  out.maxInFlightRequests = int('maxInFlightRequests', 1, 1024) ?? out.maxInFlightRequests;
+  out.maxInFlightBytes = int('maxInFlightBytes', 1024 * 1024, 2 ** 40, true) ?? out.maxInFlightBytes;
+  out.maxTotalInFlightBytes = int('maxTotalInFlightBytes', out.maxInFlightBytes, 2 ** 42, true) ?? Math.max(out.maxTotalInFlightBytes, out.maxInFlightBytes);
+  if (r.tls !== undefined) {
+    const t = r.tls as Record<string, unknown>;
+    if (!t || typeof t !== 'object' || Array.isArray(t)) throw new Error(`${where}: nbd.tls must be an object {"cert": FILE, "key": FILE, "ca": FILE, "required": true}`);
+    for (const k of Object.keys(t)) if (!['cert', 'key', 'ca', 'required'].includes(k)) throw new Error(`${where}: unknown key nbd.tls.${k} (cert, key, ca, required)`);
+    for (const k of ['cert', 'key', 'ca']) if (t[k] !== undefined && (typeof t[k] !== 'string' || t[k] === '')) throw new Error(`${where}: nbd.tls.${k} must be a file name`);
+    if (typeof t.cert !== 'string' || typeof t.key !== 'string') throw new Error(`${where}: nbd.tls needs cert and key`);
+    if (t.required !== undefined && typeof t.required !== 'boolean') throw new Error(`${where}: nbd.tls.required must be true or false`);
+    const abs = (f: string) => path.resolve(dataDir, f);
+    out.tls = { cert: abs(t.cert), key: abs(t.key), ...(typeof t.ca === 'string' ? { ca: abs(t.ca) } : {}), ...(t.required !== undefined ? { required: t.required as boolean } : {}) };
+  }
+  if (r.access !== undefined) {
+    if (!Array.isArray(r.access)) throw new Error(`${where}: nbd.access must be a list of {"identity": "CN=...", "exports": ["db1@*"], "write": false}`);
+    try {
+      out.access = r.access.map((x, i) => validateRule(x, `nbd.access[${i}]`));
+    } catch (e) {
+      throw new Error(`${where}: ${(e as Error).message}`);
+    }
+  }
+  return out;
 }
 
 export const CONFIG_FILE = 'blockgate.json';
@@ -48,7 +126,16 @@ export function loadConfig(dataDir = defaultDataDir()): ApplianceConfig {
     codec: 'zstd',
     cacheBytes: 128 * 1024 * 1024,
     pipelineDepth: 6,
-    nbd: { host: '127.0.0.1', port: 10809, socket: path.join(dataDir, 'nbd.sock') },
+    nbd: {
+      host: '127.0.0.1',
+      port: 10809,
+      socket: path.join(dataDir, 'nbd.sock'),
+      access: [],
+      maxConnections: 256,
+      maxInFlightRequests: 64,
+      maxInFlightBytes: 32 * 1024 * 1024,
+      maxTotalInFlightBytes: 256 * 1024 * 1024,
+    },
   };
   const file = path.join(dataDir, CONFIG_FILE);
   let fromFile: Partial<ApplianceConfig> = {};
@@ -59,7 +146,7 @@ export function loadConfig(dataDir = defaultDataDir()): ApplianceConfig {
       throw new Error(`cannot read ${file}: ${(e as Error).message}`);
     }
   }
-  const cfg: ApplianceConfig = { ...base, ...fromFile, dataDir, nbd: { ...base.nbd, ...(fromFile.nbd ?? {}) } };
+  const cfg: ApplianceConfig = { ...base, ...fromFile, dataDir, nbd: validateNbd(fromFile.nbd, base.nbd, dataDir, file) };
   const env = process.env;
   if (env.BLOCKGATE_CACHE_BYTES) cfg.cacheBytes = Number(env.BLOCKGATE_CACHE_BYTES);
   if (env.BLOCKGATE_NBD_PORT) cfg.nbd.port = Number(env.BLOCKGATE_NBD_PORT);

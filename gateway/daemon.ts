@@ -4,9 +4,12 @@
  * unix socket, logs attach and detach, and shuts down cleanly.
  */
 import fs from 'node:fs';
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
 import pino from 'pino';
 import { NbdServer, type NbdTlsOptions } from '../nbd/server.js';
 import type { Appliance } from './appliance.js';
+import { NbdAccess } from './exports/access.js';
 import { BackupExports } from './exports/backups.js';
 import { ExportRegistry } from './exports/registry.js';
 import { CachedChunkReader, RepoChunkReader } from './read/chunk-reader.js';
@@ -21,6 +24,22 @@ export interface ServeOptions {
 
 export type Logger = pino.Logger;
 
+/** Serving NBD off loopback without TLS and client certificates: refused at start. */
+export class InsecureListenError extends Error {}
+
+/** true when every address `host` names is a loopback one ('' and 0.0.0.0 are every interface) */
+export async function isLoopbackHost(host: string): Promise<boolean> {
+  const loop = (a: string) => (isIP(a) === 4 ? a.startsWith('127.') : a === '::1' || /^::ffff:127\./i.test(a));
+  if (!host) return false;
+  if (isIP(host)) return loop(host);
+  try {
+    const all = await lookup(host, { all: true });
+    return all.length > 0 && all.every((a) => loop(a.address));
+  } catch {
+    return false;
+  }
+}
+
 export function makeLogger(): Logger {
   return pino({ base: undefined, level: process.env.BLOCKGATE_LOG_LEVEL ?? 'info' }, pino.destination(2));
 }
@@ -30,6 +49,8 @@ export class Daemon {
   readonly backups: BackupExports;
   readonly chunks: CachedChunkReader;
   private readonly server: NbdServer;
+  /** who sees what; set at start, once the listener's address is known */
+  private access: NbdAccess = new NbdAccess([], false);
   port = 0;
   private stopped = false;
   private readonly cleanups: (() => Promise<void> | void)[] = [];
@@ -48,13 +69,22 @@ export class Daemon {
         key: fs.readFileSync(opts.tls.key),
         ...(opts.tls.ca ? { ca: fs.readFileSync(opts.tls.ca) } : {}),
         required: opts.tls.required,
+        // the unix socket is 0600, the admin's: TLS stays optional there
+        requiredOnUnix: false,
       };
     }
+    const nbd = app.config.nbd;
     this.server = new NbdServer({
       provider: this.registry,
       tls,
+      access: (name, client) => this.access.decide(name, client),
+      maxConnections: nbd.maxConnections,
+      maxInFlight: nbd.maxInFlightRequests,
+      maxRequestBytes: Math.min(32 * 1024 * 1024, nbd.maxInFlightBytes),
+      maxInFlightBytes: nbd.maxInFlightBytes,
+      maxTotalInFlightBytes: nbd.maxTotalInFlightBytes,
       log: (event, fields) => {
-        if (event === 'error' || event === 'protocol-error') log.warn({ event, ...fields }, event);
+        if (event === 'error' || event === 'protocol-error' || event === 'connection-refused') log.warn({ event, ...fields }, event);
         else log.debug({ event, ...fields }, event);
       },
     });
@@ -65,7 +95,30 @@ export class Daemon {
     this.cleanups.push(fn);
   }
 
+  /**
+   * Refuses (InsecureListenError) to listen off loopback without TLS and verified client
+   * certificates, and sets up the access rules. `start` runs it; callers may run it earlier,
+   * before anything else is set up.
+   */
+  async preflight(): Promise<boolean> {
+    const loopback = await isLoopbackHost(this.opts.host);
+    const tls = this.opts.tls;
+    if (!loopback && !(tls && tls.ca && tls.required)) {
+      const missing = [!tls && '--tls-cert/--tls-key', !tls?.ca && '--tls-ca (to verify client certificates)', !tls?.required && '--tls-required'].filter(Boolean).join(', ');
+      throw new InsecureListenError(
+        `refusing to serve NBD on ${JSON.stringify(this.opts.host || '*')}: it is not a loopback address, and every backup would be readable (and overlays writable) by anyone who reaches it. ` +
+          `Off loopback blockgate needs TLS with client certificates: give ${missing} (or nbd.tls in blockgate.json), and map client identities to exports in nbd.access; or listen on 127.0.0.1.`,
+      );
+    }
+    this.access = new NbdAccess(this.app.config.nbd.access, loopback);
+    if (!loopback && this.access.ruleCount === 0) {
+      this.log.warn({ event: 'nbd-no-access-rules' }, `no nbd.access rules in blockgate.json: clients on ${this.opts.host || '*'} see no export (the unix socket still serves every export)`);
+    }
+    return loopback;
+  }
+
   async start(): Promise<void> {
+    const loopback = await this.preflight();
     this.port = await this.server.listenTcp(this.opts.port, this.opts.host);
     if (this.opts.socket) {
       // a longer path would be cut short by bind(2), silently serving somewhere else
@@ -74,7 +127,7 @@ export class Daemon {
       // every export (and +overlay, writable) is served there: only the appliance's user may connect
       fs.chmodSync(this.opts.socket, 0o600);
     }
-    this.log.info({ event: 'listening', host: this.opts.host, port: this.port, socket: this.opts.socket || null, tls: !!this.opts.tls }, `serving NBD on ${this.opts.host}:${this.port}${this.opts.socket ? ` and ${this.opts.socket}` : ''}`);
+    this.log.info({ event: 'listening', host: this.opts.host, port: this.port, socket: this.opts.socket || null, tls: !!this.opts.tls, access: loopback ? 'admin' : `${this.access.ruleCount} rules`, maxConnections: this.app.config.nbd.maxConnections }, `serving NBD on ${this.opts.host}:${this.port}${this.opts.socket ? ` and ${this.opts.socket}` : ''}`);
   }
 
   async stop(): Promise<void> {

@@ -21,13 +21,14 @@ const MAX_EXPORT_SIZE = Number.MAX_SAFE_INTEGER;
 const isPow2 = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 
 /** Throws if the device does not describe a usable export. */
-export function exportCaps(dev: BlockDevice, structured: boolean, maxRequestBytes: number): ExportCaps {
+/** `readOnly`: serve a writable device read-only (the client may not write to it). */
+export function exportCaps(dev: BlockDevice, structured: boolean, maxRequestBytes: number, readOnly = false): ExportCaps {
   const size = dev.size;
   if (!Number.isSafeInteger(size) || size < 0 || size > MAX_EXPORT_SIZE) {
     throw new Error(`device reports an invalid size: ${String(size)}`);
   }
   if (typeof dev.read !== 'function') throw new Error('device has no read()');
-  const writable = !dev.readOnly && typeof dev.write === 'function';
+  const writable = !readOnly && !dev.readOnly && typeof dev.write === 'function';
   let flags = TF.HAS_FLAGS;
   if (!writable) flags |= TF.READ_ONLY;
   if (typeof dev.flush === 'function') flags |= TF.SEND_FLUSH;

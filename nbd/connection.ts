@@ -9,7 +9,7 @@ import { negotiate, release, type HandshakeIo, type Negotiated } from './handsha
 import { EofError, SocketReader } from './reader.js';
 import { messageOf } from './protocol.js';
 import { Transmission, type EndReason, type TransmissionIo } from './transmission.js';
-import type { ServerContext } from './types.js';
+import type { ClientInfo, ServerContext } from './types.js';
 
 /** after we end a socket, the peer gets this long to close its side */
 const CLOSE_GRACE_MS = 2000;
@@ -17,6 +17,7 @@ const CLOSE_GRACE_MS = 2000;
 const TLS_HANDSHAKE_MS = 15000;
 
 let nextId = 1;
+const EMPTY = Buffer.alloc(0);
 
 export class Connection implements HandshakeIo, TransmissionIo {
   readonly id = nextId++;
@@ -27,11 +28,13 @@ export class Connection implements HandshakeIo, TransmissionIo {
   private transmission: Transmission | null = null;
   private stopping = false;
   private closed: Promise<void>;
+  private certificate: ClientInfo['certificate'];
 
   constructor(
     private readonly raw: Socket,
     private readonly ctx: ServerContext,
     private readonly peer: string,
+    private readonly listener: ClientInfo['listener'] = { transport: 'tcp', host: '', port: 0 },
   ) {
     raw.setNoDelay(true);
     raw.on('error', () => {}); // surfaced through the reader; never let it become uncaught
@@ -65,6 +68,27 @@ export class Connection implements HandshakeIo, TransmissionIo {
     for (const b of bufs) s.write(b);
     s.uncork();
     return true;
+  }
+
+  /** who the client is: its listener, address and (after TLS) verified certificate */
+  get client(): ClientInfo {
+    return { listener: this.listener, peer: this.peer, tls: this.isTls, ...(this.certificate ? { certificate: this.certificate } : {}) };
+  }
+
+  /** cb runs once everything written so far left for the kernel (or the socket is gone) */
+  afterFlush(cb: () => void): void {
+    const s = this.socket;
+    if (s.destroyed || !s.writable || s.writableLength === 0) {
+      cb();
+      return;
+    }
+    let called = false;
+    s.write(EMPTY, () => {
+      if (!called) {
+        called = true;
+        cb();
+      }
+    });
   }
 
   onDrain(cb: () => void): void {
@@ -108,10 +132,12 @@ export class Connection implements HandshakeIo, TransmissionIo {
       const handle = (sock as unknown as { _handle?: { verifyError?: () => Error | null } })._handle;
       const err = handle?.verifyError?.();
       if (err || !sock.getPeerCertificate()?.raw) throw new Error(`client certificate rejected: ${err ? err.message : 'none presented'}`);
+      const x509 = sock.getPeerX509Certificate();
+      if (x509) this.certificate = { subject: parseSubject(x509.subject), fingerprint256: x509.fingerprint256 };
     }
     this.reader = new SocketReader(sock);
     this.isTls = true;
-    this.log('tls', { protocol: sock.getProtocol(), cipher: sock.getCipher()?.name });
+    this.log('tls', { protocol: sock.getProtocol(), cipher: sock.getCipher()?.name, ...(this.certificate ? { subject: this.certificate.subject.map(([k, v]) => `${k}=${v}`).join(',') } : {}) });
   }
 
   /** Server shutdown: finish in-flight requests, then close. */
@@ -184,4 +210,14 @@ export class Connection implements HandshakeIo, TransmissionIo {
       await this.closed;
     }
   }
+}
+
+/** node's X509Certificate.subject: one `KEY=value` per line, in certificate order */
+export function parseSubject(subject: string): Array<[string, string]> {
+  const out: Array<[string, string]> = [];
+  for (const line of subject.split('\n')) {
+    const eq = line.indexOf('=');
+    if (eq > 0) out.push([line.slice(0, eq), line.slice(eq + 1)]);
+  }
+  return out;
 }

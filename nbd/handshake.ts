@@ -29,12 +29,14 @@ import {
   messageOf,
   optionName,
 } from './protocol.js';
-import type { ServerContext } from './types.js';
+import type { ClientInfo, ExportAccess, ServerContext } from './types.js';
 
 /** What the connection needs to offer the handshake. */
 export interface HandshakeIo {
   readonly reader: SocketReader;
   readonly isTls: boolean;
+  /** who the client is (asked again after STARTTLS: the certificate counts only then); absent: unknown, TCP */
+  readonly client?: ClientInfo;
   send(buf: Buffer): void;
   /** detach from the plain socket, send `ack` in clear, then run the TLS server handshake */
   startTls(ack: Buffer): Promise<void>;
@@ -56,6 +58,8 @@ const MAX_SKIPPED_OPTION = 1024 * 1024;
 const MAX_OPTIONS = 4096;
 
 class Invalid extends Error {}
+
+const UNKNOWN_CLIENT: ClientInfo = { listener: { transport: 'tcp', host: '', port: 0 }, peer: 'unknown', tls: false };
 
 /** Minimal bounds-checked cursor over an option payload. */
 class Cursor {
@@ -103,6 +107,16 @@ export async function negotiate(io: HandshakeIo, ctx: ServerContext): Promise<Ne
   const reply = (option: number, type: number, data?: Buffer) => io.send(encodeOptionReply(option, type, data));
   const error = (option: number, type: number, message: string) => reply(option, type, Buffer.from(message.slice(0, 1024), 'utf8'));
   const resolveName = (name: string) => (name === '' && ctx.defaultExport !== undefined ? ctx.defaultExport : name);
+  const accessOf = (name: string): ExportAccess => {
+    try {
+      if (!ctx.access) return 'write';
+      const a = ctx.access(name, io.client ?? UNKNOWN_CLIENT);
+      return a === 'read' || a === 'write' ? a : 'none';
+    } catch (e) {
+      io.log('access-error', { export: name, error: messageOf(e) });
+      return 'none';
+    }
+  };
 
   for (let count = 0; count < MAX_OPTIONS; count++) {
     const head = await io.reader.read(OPTION_HEADER_SIZE);
@@ -127,7 +141,8 @@ export async function negotiate(io: HandshakeIo, ctx: ServerContext): Promise<Ne
       error(option, REP.ERR_SHUTDOWN, 'server is shutting down');
       continue;
     }
-    if (ctx.tls?.required && !io.isTls && option !== OPT.STARTTLS && option !== OPT.ABORT) {
+    const tlsRequired = !!ctx.tls?.required && (ctx.tls.requiredOnUnix !== false || io.client?.listener.transport !== 'unix');
+    if (tlsRequired && !io.isTls && option !== OPT.STARTTLS && option !== OPT.ABORT) {
       if (option === OPT.EXPORT_NAME) {
         io.log('refused', { reason: 'EXPORT_NAME without TLS while TLS is required' });
         return null;
@@ -142,7 +157,7 @@ export async function negotiate(io: HandshakeIo, ctx: ServerContext): Promise<Ne
         case OPT.EXPORT_NAME: {
           if (length > MAX_STRING) return null;
           const name = resolveName(data.toString('utf8'));
-          const opened = await openExport(ctx, name, structured);
+          const opened = await openExport(ctx, name, structured, accessOf(name));
           if (typeof opened === 'string') {
             io.log('refused', { export: name, reason: opened });
             return null;
@@ -164,7 +179,7 @@ export async function negotiate(io: HandshakeIo, ctx: ServerContext): Promise<Ne
             error(option, REP.ERR_PLATFORM, `cannot list exports: ${messageOf(e)}`);
             break;
           }
-          for (const e of exports) reply(option, REP.SERVER, encodeRepServer(e.name, e.description));
+          for (const e of exports) if (accessOf(e.name) !== 'none') reply(option, REP.SERVER, encodeRepServer(e.name, e.description));
           reply(option, REP.ACK);
           break;
         }
@@ -193,7 +208,7 @@ export async function negotiate(io: HandshakeIo, ctx: ServerContext): Promise<Ne
           for (let i = 0; i < nInfo; i++) infos.add(c.u16());
           c.end();
           const name = resolveName(requested);
-          const opened = await openExport(ctx, name, structured);
+          const opened = await openExport(ctx, name, structured, accessOf(name));
           if (typeof opened === 'string') {
             error(option, REP.ERR_UNKNOWN, opened);
             break;
@@ -270,12 +285,17 @@ function finish(
   return { name, device: opened.device, caps: opened.caps, structured, metaContextId: metaOk ? BASE_ALLOCATION_ID : 0 };
 }
 
-/** Opens an export; returns a reason string when it cannot be served. */
+/**
+ * Opens an export; returns a reason string when it cannot be served. An export the client
+ * may not see is never opened and gets the very answer of one that does not exist.
+ */
 async function openExport(
   ctx: ServerContext,
   name: string,
   structured: boolean,
+  access: ExportAccess,
 ): Promise<{ device: BlockDevice; caps: ExportCaps } | string> {
+  if (access === 'none') return `unknown export ${JSON.stringify(name)}`;
   let device: BlockDevice | null;
   try {
     device = await ctx.provider.open(name);
@@ -284,7 +304,7 @@ async function openExport(
   }
   if (!device) return `unknown export ${JSON.stringify(name)}`;
   try {
-    return { device, caps: exportCaps(device, structured, ctx.maxRequestBytes) };
+    return { device, caps: exportCaps(device, structured, ctx.maxRequestBytes, access === 'read') };
   } catch (e) {
     await release(ctx, name, device);
     return `export ${JSON.stringify(name)} is unusable: ${messageOf(e)}`;

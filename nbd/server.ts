@@ -6,12 +6,14 @@ import { existsSync, lstatSync, unlinkSync } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { createSecureContext } from 'node:tls';
 import { Connection } from './connection.js';
-import type { ExportProvider, NbdServerOptions, ServerContext } from './types.js';
+import type { ClientInfo, ExportProvider, NbdServerOptions, ServerContext } from './types.js';
 
-export type { ExportInfo, ExportProvider, NbdLog, NbdServerOptions, NbdTlsOptions } from './types.js';
+export type { ClientInfo, ExportAccess, ExportInfo, ExportProvider, NbdLog, NbdServerOptions, NbdTlsOptions } from './types.js';
 
 const DEFAULT_MAX_REQUEST = 32 * 1024 * 1024;
 const MAX_MAX_REQUEST = 256 * 1024 * 1024;
+const DEFAULT_INFLIGHT_BYTES = 32 * 1024 * 1024;
+const DEFAULT_TOTAL_INFLIGHT_BYTES = 256 * 1024 * 1024;
 /** how long close() waits for in-flight requests before it drops connections */
 const CLOSE_TIMEOUT_MS = 10000;
 
@@ -31,12 +33,20 @@ export class NbdServer {
     }
     const maxInFlight = opts.maxInFlight ?? 64;
     if (!Number.isInteger(maxInFlight) || maxInFlight < 1 || maxInFlight > 1024) throw new RangeError('maxInFlight must be between 1 and 1024');
+    const maxInFlightBytes = opts.maxInFlightBytes ?? DEFAULT_INFLIGHT_BYTES;
+    if (!Number.isInteger(maxInFlightBytes) || maxInFlightBytes < maxRequestBytes) throw new RangeError(`maxInFlightBytes must be an integer of at least maxRequestBytes (${maxRequestBytes})`);
+    const maxTotal = opts.maxTotalInFlightBytes ?? Math.max(DEFAULT_TOTAL_INFLIGHT_BYTES, maxInFlightBytes);
+    if (!Number.isInteger(maxTotal) || maxTotal < maxInFlightBytes) throw new RangeError(`maxTotalInFlightBytes must be an integer of at least maxInFlightBytes (${maxInFlightBytes})`);
+    const maxConnections = opts.maxConnections ?? 256;
+    if (!Number.isInteger(maxConnections) || maxConnections < 1 || maxConnections > 65536) throw new RangeError('maxConnections must be between 1 and 65536');
+    if (opts.access !== undefined && typeof opts.access !== 'function') throw new TypeError('access must be a function');
     let tls: ServerContext['tls'] = null;
     if (opts.tls) {
       const { key, cert, ca } = opts.tls;
       tls = {
         context: createSecureContext({ key, cert, ...(ca !== undefined ? { ca } : {}) }),
         required: opts.tls.required ?? false,
+        requiredOnUnix: opts.tls.requiredOnUnix ?? true,
         verifyPeer: opts.tls.verifyPeer ?? ca !== undefined,
       };
     }
@@ -55,6 +65,10 @@ export class NbdServer {
       defaultExport: opts.defaultExport,
       maxRequestBytes,
       maxInFlight,
+      maxInFlightBytes,
+      maxConnections,
+      budget: { used: 0, max: maxTotal, waiters: new Set() },
+      access: opts.access ?? (() => 'write'),
       handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 60000,
       tls,
       log,
@@ -64,7 +78,8 @@ export class NbdServer {
 
   /** Listens on TCP; port 0 picks a free port. Resolves with the port actually bound. */
   async listenTcp(port: number, host?: string): Promise<number> {
-    const srv = this.makeServer();
+    const listener: ClientInfo['listener'] = { transport: 'tcp', host: host ?? '', port };
+    const srv = this.makeServer(listener);
     await new Promise<void>((resolve, reject) => {
       srv.once('error', reject);
       srv.listen({ port, host }, () => {
@@ -74,6 +89,7 @@ export class NbdServer {
     });
     const addr = srv.address();
     const bound = typeof addr === 'object' && addr ? addr.port : port;
+    listener.port = bound;
     this.ctx.log('listen', { transport: 'tcp', host: host ?? '*', port: bound });
     return bound;
   }
@@ -85,7 +101,7 @@ export class NbdServer {
       if (await answers(path)) throw new Error(`${path} is in use by another server`);
       unlinkSync(path);
     }
-    const srv = this.makeServer();
+    const srv = this.makeServer({ transport: 'unix', path });
     await new Promise<void>((resolve, reject) => {
       srv.once('error', reject);
       srv.listen({ path }, () => {
@@ -125,23 +141,30 @@ export class NbdServer {
     this.ctx.log('closed', {});
   }
 
-  private makeServer(): Server {
+  private makeServer(listener: ClientInfo['listener']): Server {
     if (this.ctx.shuttingDown) throw new Error('server is closed');
-    const srv = createServer({ noDelay: true }, (sock) => this.accept(sock));
+    const srv = createServer({ noDelay: true }, (sock) => this.accept(sock, listener));
     srv.on('error', (e) => this.ctx.log('listener-error', { error: e.message }));
     this.listeners.push(srv);
     return srv;
   }
 
-  private accept(sock: Socket): void {
+  private accept(sock: Socket, listener: ClientInfo['listener']): void {
     if (this.ctx.shuttingDown) {
       sock.destroy();
       return;
     }
     const peer = sock.remoteAddress ? `${sock.remoteAddress}:${sock.remotePort}` : 'unix';
+    if (this.conns.size >= (this.ctx.maxConnections ?? Infinity)) {
+      // refused before a byte is sent: the client sees the connection closed instead of a greeting
+      this.ctx.log('connection-refused', { peer, reason: `connection limit of ${this.ctx.maxConnections} reached`, connections: this.conns.size });
+      sock.on('error', () => {});
+      sock.destroy();
+      return;
+    }
     let conn: Connection;
     try {
-      conn = new Connection(sock, this.ctx, peer);
+      conn = new Connection(sock, this.ctx, peer, listener);
     } catch (e) {
       this.ctx.log('connection-error', { peer, error: e instanceof Error ? e.message : String(e) });
       sock.destroy();

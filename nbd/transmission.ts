@@ -21,6 +21,8 @@ export interface TransmissionIo {
   sendv(bufs: Buffer[]): boolean;
   /** called whenever queued output drains below the socket's mark */
   onDrain(cb: () => void): void;
+  /** cb runs once what was sent so far left for the kernel (or the socket is gone); absent: at once */
+  afterFlush?(cb: () => void): void;
   log(event: string, fields: Record<string, unknown>): void;
 }
 
@@ -28,8 +30,13 @@ export interface TransmissionIo {
 const MAX_DISCARD = 64 * 1024 * 1024;
 /** stop accepting requests while this much reply data waits for the peer */
 const OUTPUT_HIGH_WATER = 8 * 1024 * 1024;
-/** payload bytes (read data, write data) held by in-flight requests; one request may exceed it alone */
-const INFLIGHT_BYTES = 32 * 1024 * 1024;
+/**
+ * a CACHE request is carried out (and counted in the in-flight bytes) this much at a time,
+ * so its cost is bounded whatever range it names
+ */
+const CACHE_WINDOW = 8 * 1024 * 1024;
+/** payload bytes per connection when the context does not say */
+const DEFAULT_INFLIGHT_BYTES = 32 * 1024 * 1024;
 /** zero buffer size for emulated WRITE_ZEROES */
 const ZERO_CHUNK = 1024 * 1024;
 let zeroChunk: Buffer | null = null;
@@ -45,8 +52,12 @@ class Rejected {
 
 export class Transmission {
   private inflight = 0;
+  /** payload bytes this connection holds: reserved when a request is taken on, freed when its reply left */
   private inflightBytes = 0;
   private waiter: (() => void) | null = null;
+  private readonly wakeFn = () => this.wake();
+  private readonly maxBytes: number;
+  private readonly budget: { used: number; max: number; waiters: Set<() => void> };
   private idleWaiters: Array<() => void> = [];
   private stopping = false;
   private readonly dev: BlockDevice;
@@ -59,7 +70,21 @@ export class Transmission {
   ) {
     this.dev = x.device;
     this.out = new Replier(io, x.structured);
-    io.onDrain(() => this.wake());
+    this.maxBytes = ctx.maxInFlightBytes ?? DEFAULT_INFLIGHT_BYTES;
+    this.budget = ctx.budget ?? { used: 0, max: Infinity, waiters: new Set() };
+    io.onDrain(this.wakeFn);
+  }
+
+  /** the window a CACHE request is carried out (and counted) in */
+  private cacheWindow(): number {
+    return Math.min(CACHE_WINDOW, this.maxBytes);
+  }
+
+  /** payload bytes a request holds while in flight */
+  private bytesOf(req: Request): number {
+    if (req.type === CMD.READ || req.type === CMD.WRITE) return req.length <= this.x.caps.maxPayload ? req.length : 0;
+    if (req.type === CMD.CACHE) return Math.min(req.length, this.cacheWindow());
+    return 0;
   }
 
   /** Stop accepting requests (server shutdown); in-flight ones still complete. */
@@ -114,18 +139,19 @@ export class Transmission {
           this.out.error(req, ERR.EINVAL, `write of ${req.length} bytes exceeds the maximum payload of ${maxPayload}`);
           continue;
         }
-        await this.capacity(req.length);
+        const bytes = await this.capacity(req.length);
         let payload: Buffer;
         try {
           payload = await reader.read(req.length);
         } catch (e) {
+          this.free(bytes);
           return this.readFailure(e, 'write payload');
         }
-        this.submit(req, payload);
+        this.submit(req, payload, bytes);
         continue;
       }
-      if (req.type === CMD.READ && req.length <= maxPayload) await this.capacity(req.length);
-      this.submit(req, null);
+      const bytes = await this.capacity(this.bytesOf(req));
+      this.submit(req, null, bytes);
     }
   }
 
@@ -140,16 +166,41 @@ export class Transmission {
     return 'io-error';
   }
 
-  /** Waits until one more request (carrying `bytes` of payload) may be taken on. */
-  private async capacity(bytes: number): Promise<void> {
-    while (
-      !this.stopping &&
-      (this.inflight >= this.ctx.maxInFlight ||
+  /**
+   * Waits until one more request holding `bytes` of payload may be taken on, and reserves
+   * them: within this connection's request and byte bounds (one request alone may use the
+   * whole bound) and within the server-wide byte budget shared by every connection.
+   * Returns the bytes reserved (0 when stopping).
+   */
+  private async capacity(bytes: number): Promise<number> {
+    const budget = this.budget;
+    for (;;) {
+      if (this.stopping) return 0;
+      const local =
+        this.inflight >= this.ctx.maxInFlight ||
         this.io.writableLength > OUTPUT_HIGH_WATER ||
-        (bytes > 0 && this.inflight > 0 && this.inflightBytes + bytes > INFLIGHT_BYTES))
-    ) {
-      await new Promise<void>((r) => (this.waiter = r));
+        (bytes > 0 && this.inflightBytes > 0 && this.inflightBytes + bytes > this.maxBytes);
+      const global = !local && bytes > 0 && budget.used > 0 && budget.used + bytes > budget.max;
+      if (!local && !global) break;
+      await new Promise<void>((r) => {
+        this.waiter = r;
+        if (global) budget.waiters.add(this.wakeFn);
+      });
+      budget.waiters.delete(this.wakeFn);
     }
+    this.inflightBytes += bytes;
+    budget.used += bytes;
+    return bytes;
+  }
+
+  /** gives back reserved bytes and wakes whoever waits for them */
+  private free(bytes: number): void {
+    if (bytes === 0) return;
+    this.inflightBytes -= bytes;
+    const budget = this.budget;
+    budget.used -= bytes;
+    this.wake();
+    for (const w of [...budget.waiters]) w();
   }
 
   private wake(): void {
@@ -158,15 +209,14 @@ export class Transmission {
     w?.();
   }
 
-  private submit(req: Request, payload: Buffer | null): void {
+  private submit(req: Request, payload: Buffer | null, bytes: number): void {
     const bad = this.check(req);
     if (bad) {
       this.out.error(req, bad.errno, bad.message);
+      this.free(bytes);
       return;
     }
-    const bytes = req.type === CMD.READ || req.type === CMD.WRITE ? req.length : 0;
     this.inflight++;
-    this.inflightBytes += bytes;
     this.execute(req, payload)
       .catch((e: unknown) => {
         const errno = e instanceof Rejected ? e.errno : errnoOf(e);
@@ -178,7 +228,9 @@ export class Transmission {
       })
       .finally(() => {
         this.inflight--;
-        this.inflightBytes -= bytes;
+        // the payload stays counted until its reply has left (a client that does not read holds it)
+        if (this.io.afterFlush) this.io.afterFlush(() => this.free(bytes));
+        else this.free(bytes);
         this.wake();
         if (this.inflight === 0) for (const r of this.idleWaiters.splice(0)) r();
       });
@@ -269,7 +321,13 @@ export class Transmission {
         this.out.ok(req);
         return;
       case CMD.CACHE:
-        if (req.length > 0 && typeof dev.cache === 'function') await dev.cache(req.offset, req.length);
+        if (req.length > 0 && typeof dev.cache === 'function') {
+          // a hint: carried out one window at a time, so a request for the whole export costs one window
+          const w = this.cacheWindow();
+          for (let pos = req.offset, end = req.offset + req.length; pos < end && !this.stopping; pos += w) {
+            await dev.cache(pos, Math.min(w, end - pos));
+          }
+        }
         this.out.ok(req);
         return;
       case CMD.BLOCK_STATUS: {

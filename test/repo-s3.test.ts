@@ -45,6 +45,13 @@ ava.before(async () => {
 
 ava.after.always(() => raw?.destroy());
 
+/** a secret in a 0600 file, for --secret-key-file (a secret never goes on argv) */
+function secretFile(t: ExecutionContext, secret: string): string {
+  const f = path.join(tmpDir(t), 'secret');
+  fs.writeFileSync(f, `${secret}\n`, { mode: 0o600 });
+  return f;
+}
+
 async function keys(prefix: string, bucket = BUCKET): Promise<string[]> {
   const out: string[] = [];
   let token: string | undefined;
@@ -241,7 +248,7 @@ test('CLI: repo create --driver s3 with keys from the environment stores no secr
   t.notRegex(noKeys.stderr, /\n\s+at /);
 
   // create again: the repository is there already, so it attaches to it
-  const again = await cliJson<Record<string, unknown>>(dataDir, ['repo', 'create', '--driver', 's3', '--bucket', bucket, '--prefix', prefix, '--endpoint', s3.endpoint, '--access-key', s3.accessKeyId, '--secret-key', s3.secretAccessKey]);
+  const again = await cliJson<Record<string, unknown>>(dataDir, ['repo', 'create', '--driver', 's3', '--bucket', bucket, '--prefix', prefix, '--endpoint', s3.endpoint, '--access-key', s3.accessKeyId, '--secret-key-file', secretFile(t, s3.secretAccessKey)]);
   t.false(again.created as boolean);
   t.is(again.id, created.id);
 });
@@ -252,13 +259,13 @@ test('CLI: keys given to repo create are stored 0600 and never shown; wrong keys
   t.teardown(() => wipe(`${prefix}/`));
   const env = envWithout('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_ENDPOINT_URL');
   const wrong = `wrong-${randomBytes(8).toString('hex')}`;
-  const bad = await cliEnv(dataDir, ['repo', 'create', '--driver', 's3', '--bucket', BUCKET, '--prefix', prefix, '--endpoint', s3.endpoint, '--access-key', s3.accessKeyId, '--secret-key', wrong], env);
+  const bad = await cliEnv(dataDir, ['repo', 'create', '--driver', 's3', '--bucket', BUCKET, '--prefix', prefix, '--endpoint', s3.endpoint, '--access-key', s3.accessKeyId, '--secret-key-file', secretFile(t, wrong)], env);
   t.is(bad.code, 1);
   t.regex(bad.stderr, /^blockgate: error: access denied: check the access key and secret for http:\/\/127\.0\.0\.1:\d+/);
   t.false(bad.stderr.includes(wrong) || bad.stderr.includes(s3.accessKeyId));
   t.false(fs.existsSync(path.join(dataDir, 'blockgate.json')), 'nothing written');
 
-  const ok = await cliEnv(dataDir, ['repo', 'create', '--driver', 's3', '--bucket', BUCKET, '--prefix', prefix, '--endpoint', s3.endpoint, '--access-key', s3.accessKeyId, '--secret-key', s3.secretAccessKey], env);
+  const ok = await cliEnv(dataDir, ['repo', 'create', '--driver', 's3', '--bucket', BUCKET, '--prefix', prefix, '--endpoint', s3.endpoint, '--access-key', s3.accessKeyId, '--secret-key-file', secretFile(t, s3.secretAccessKey)], env);
   t.is(ok.code, 0, ok.stderr);
   t.false(ok.stdout.includes(s3.secretAccessKey) || ok.stdout.includes(s3.accessKeyId), 'keys not printed');
   const file = path.join(dataDir, 'blockgate.json');

@@ -7,6 +7,9 @@ import { BlockDeviceError, type BlockDevice, type Extent } from '../../nbd/block
 import type { MapReader } from '../../catalog/blockmap.js';
 import type { ChunkReader } from '../read/chunk-reader.js';
 
+/** chunks one cache() call reads at once */
+export const CACHE_WINDOW = 4;
+
 export interface BackupDeviceOptions {
   /** chunks fetched ahead of a sequential reader (0: none) */
   readAhead?: number;
@@ -84,13 +87,19 @@ export class BackupDevice implements BlockDevice {
     }
   }
 
+  /**
+   * Brings the chunks of the range into the chunk cache, CACHE_WINDOW chunks at a time: a
+   * request for the whole device holds a few chunks, never the range.
+   */
   async cache(offset: number, length: number): Promise<void> {
     this.check(offset, length);
     const first = Math.floor(offset / this.chunkSize);
     const last = Math.floor((offset + Math.max(length, 1) - 1) / this.chunkSize);
-    const jobs: Promise<unknown>[] = [];
-    for (let i = first; i <= last; i++) jobs.push(this.chunk(i));
-    await Promise.all(jobs);
+    for (let i = first; i <= last; i += CACHE_WINDOW) {
+      const jobs: Promise<unknown>[] = [];
+      for (let j = i; j <= Math.min(last, i + CACHE_WINDOW - 1); j++) jobs.push(this.chunk(j).then(() => undefined));
+      await Promise.all(jobs);
+    }
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {

@@ -61,6 +61,9 @@ import { Copier } from './hydrate-copier.js';
 import { Ownership, type SyncKind } from './hydrate-ownership.js';
 import type { HydrateOptions, HydrateSource, HydrateStats } from './hydrate-types.js';
 
+/** blocks one cache() call copies in at once */
+const CACHE_WINDOW = 4;
+
 export type { HydrateOptions, HydrateSource, HydrateStats, OwnershipLog } from './hydrate-types.js';
 
 export class HydrateDevice implements BlockDevice {
@@ -335,10 +338,15 @@ export class HydrateDevice implements BlockDevice {
   /** NBD_CMD_CACHE: bring the range into the target now */
   async cache(offset: number, length: number): Promise<void> {
     this.check(offset, length);
-    const jobs: Promise<void>[] = [];
+    // a few blocks at a time: a request for the whole device holds a window, never the range
+    let jobs: Promise<void>[] = [];
     for (const seg of this.blk.segments(offset, length)) {
       if (this.own.isOwned(seg.b)) continue;
       jobs.push(this.blk.backupBlock(seg.b).then((d) => this.copyIn(seg.b, d)));
+      if (jobs.length >= CACHE_WINDOW) {
+        await Promise.all(jobs);
+        jobs = [];
+      }
     }
     await Promise.all(jobs);
   }

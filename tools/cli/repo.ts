@@ -3,10 +3,13 @@
  * disk or NFS, or an S3 bucket) and creates it, or attaches to the blockgate repository
  * already there. The choice goes to DATA_DIR/blockgate.json, which every command reads.
  *
- * Credentials: `--access-key/--secret-key` are stored in blockgate.json, which is then made
- * readable by its owner only (0600); without them nothing secret is stored and the S3 driver
- * reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the SDK's default chain) each time it
- * opens. Keys never appear in output, errors, logs, manifests or exported records.
+ * Credentials: `--access-key` with the secret from `--secret-key-file FILE` (or `-` for stdin,
+ * or AWS_SECRET_ACCESS_KEY) are stored in blockgate.json, which is then made readable by its
+ * owner only (0600); without them nothing secret is stored and the S3 driver reads
+ * AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the SDK's default chain) each time it opens.
+ * A secret is never taken from the command line (`--secret-key` is refused): argv is visible
+ * to every local user in ps and /proc. Keys never appear in output, errors, logs, manifests
+ * or exported records.
  *
  * `repo info` and `repo gc` (tools/cli/commands.ts) work the same for both kinds.
  */
@@ -33,16 +36,34 @@ export interface RepoCreateOptions {
   endpoint?: string;
   region?: string;
   accessKey?: string;
+  /** refused: a secret on argv is visible in ps */
   secretKey?: string;
+  secretKeyFile?: string;
   concurrency?: string;
   chunkSize?: string;
   codec?: CodecName;
 }
 
+export const SECRET_ON_ARGV = '--secret-key is no longer accepted: a secret on the command line is visible to every local user (ps, /proc/PID/cmdline). Put it in a file only you can read and give --secret-key-file FILE (or --secret-key-file - to read it from stdin), or set AWS_SECRET_ACCESS_KEY';
+
+/** The secret of --secret-key-file: the file's first line (stdin for "-"). */
+export function readSecretFile(file: string): string {
+  let text: string;
+  try {
+    text = file === '-' ? fs.readFileSync(0, 'utf8') : fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new UsageError(`cannot read --secret-key-file ${file === '-' ? '(stdin)' : file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  const secret = text.split(/\r?\n/)[0]!.trim();
+  if (!secret) throw new UsageError(`--secret-key-file ${file === '-' ? '(stdin)' : file} is empty`);
+  return secret;
+}
+
 /** The repository configuration the options describe (nothing is touched yet). */
-export function repoConfigFrom(o: RepoCreateOptions): RepoDriverConfig {
+export function repoConfigFrom(o: RepoCreateOptions, env: NodeJS.ProcessEnv = process.env): RepoDriverConfig {
+  if (o.secretKey !== undefined) throw new UsageError(SECRET_ON_ARGV);
   if (o.driver === 'dir') {
-    for (const k of ['bucket', 'prefix', 'endpoint', 'region', 'accessKey', 'secretKey', 'concurrency'] as const) {
+    for (const k of ['bucket', 'prefix', 'endpoint', 'region', 'accessKey', 'secretKeyFile', 'concurrency'] as const) {
       if (o[k] !== undefined) throw new UsageError(`--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} is for --driver s3`);
     }
     if (!o.path) throw new UsageError('repo create --driver dir needs --path DIR');
@@ -50,8 +71,13 @@ export function repoConfigFrom(o: RepoCreateOptions): RepoDriverConfig {
   }
   if (o.path !== undefined) throw new UsageError('--path is for --driver dir');
   if (!o.bucket) throw new UsageError('repo create --driver s3 needs --bucket NAME');
-  if ((o.accessKey === undefined) !== (o.secretKey === undefined)) {
-    throw new UsageError('give --access-key and --secret-key together, or neither (then AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are used)');
+  if (o.secretKeyFile !== undefined && o.accessKey === undefined) {
+    throw new UsageError('--secret-key-file goes with --access-key (or give neither: then AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are used at each start)');
+  }
+  let secret: string | undefined;
+  if (o.accessKey !== undefined) {
+    secret = o.secretKeyFile !== undefined ? readSecretFile(o.secretKeyFile) : env.AWS_SECRET_ACCESS_KEY || undefined;
+    if (secret === undefined) throw new UsageError('--access-key needs its secret: --secret-key-file FILE (or -), or AWS_SECRET_ACCESS_KEY; or give neither (then AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are used at each start)');
   }
   let concurrency: number | undefined;
   if (o.concurrency !== undefined) {
@@ -64,7 +90,7 @@ export function repoConfigFrom(o: RepoCreateOptions): RepoDriverConfig {
   if (o.region) cfg.region = o.region;
   if (o.accessKey !== undefined) {
     cfg.accessKeyId = o.accessKey;
-    cfg.secretAccessKey = o.secretKey;
+    cfg.secretAccessKey = secret;
   }
   if (concurrency !== undefined) cfg.concurrency = concurrency;
   return cfg;
@@ -178,8 +204,9 @@ export function repoCreateCommand(program: Command, g: () => Globals): void {
     .option('--prefix <prefix>', 's3: key prefix inside the bucket')
     .option('--endpoint <url>', 's3: endpoint URL, e.g. http://rgw.example:7480 (default AWS S3 or AWS_ENDPOINT_URL)')
     .option('--region <region>', 's3: region (default AWS_REGION, else us-east-1)')
-    .option('--access-key <key>', 's3: access key (stored in blockgate.json, mode 0600; default AWS_ACCESS_KEY_ID at each start)')
-    .option('--secret-key <secret>', 's3: secret key (as --access-key; default AWS_SECRET_ACCESS_KEY)')
+    .option('--access-key <key>', 's3: access key (stored in blockgate.json, mode 0600, with its secret; default AWS_ACCESS_KEY_ID at each start)')
+    .option('--secret-key-file <file>', 's3: file holding the secret key for --access-key ("-": stdin; default AWS_SECRET_ACCESS_KEY)')
+    .addOption(new Option('--secret-key <secret>', 'refused: use --secret-key-file (argv is visible in ps)').hideHelp())
     .option('--concurrency <n>', 's3: parallel requests (default 8)')
     .option('--chunk-size <size>', 'chunk size of a new repository, a power of two from 64K to 16M (default 4M)')
     .addOption(new Option('--codec <codec>', 'compression of a new repository (default zstd)').choices([...CODECS]))
