@@ -13,6 +13,7 @@ import { type BackupRecord, type VolumeRecord, now } from '../../catalog/records
 import { CHUNK_HEADER, CHUNK_MAGIC } from '../../drivers/chunk.js';
 import type { Appliance } from '../appliance.js';
 import { loadPage } from './gc.js';
+import { runWindow } from './pipeline.js';
 
 /** Pages a set of manifests need that the catalog lacks, fetched and verified. */
 export async function fetchPages(app: Appliance, manifests: Manifest[]): Promise<Map<string, Buffer>> {
@@ -26,7 +27,7 @@ export async function fetchPages(app: Appliance, manifests: Manifest[]): Promise
       todo.push({ digest: d, id: m.backup.id });
     }
   }
-  await inParallel(todo, 16, async ({ digest, id }) => {
+  await runWindow(todo, 16, async ({ digest, id }) => {
     out.set(digest, await loadPage(app, digest, id));
   });
   return out;
@@ -41,7 +42,7 @@ export async function chunkEntries(app: Appliance, digests: Iterable<string>, si
     sizes = new Map();
     for await (const o of app.repo.store.listInfo('chunks/')) sizes.set(o.name.slice(o.name.lastIndexOf('/') + 1), o.size);
   }
-  await inParallel(want, 16, async (d) => {
+  await runWindow(want, 16, async (d) => {
     const size = sizes!.get(d);
     if (size === undefined) throw new Error(`chunk ${d} is missing from the repository`);
     const head = await app.repo.store.getRange(`chunks/${d.slice(0, 2)}/${d}`, 0, CHUNK_HEADER);
@@ -120,12 +121,4 @@ export async function commitAdoption(app: Appliance, a: Adoption, check?: () => 
       catalog.maps.put(r.id, a.roots.get(r.id)!);
     }
   });
-}
-
-export async function inParallel<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) await fn(items[next++]!);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }

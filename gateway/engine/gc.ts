@@ -36,6 +36,7 @@ import { decodeChunk } from '../../drivers/chunk.js';
 import { RepositoryBusyError, acquireGcLock, describeHolder, liveWriters, newEpoch } from '../../drivers/coordination.js';
 import type { Appliance } from '../appliance.js';
 import { followRepository } from './follow.js';
+import { runWindow } from './pipeline.js';
 
 export interface GcReport {
   liveBackups: number;
@@ -113,33 +114,48 @@ async function markAndSweep(app: Appliance, epoch: string, opts: GcOptions): Pro
   report.liveChunks = liveChunks.size;
   opts.onPhase?.('sweep');
   const cutoff = Date.now() - (opts.graceMs ?? 0);
-  for await (const o of repo.store.listInfo('chunks/')) {
-    const d = o.name.slice(o.name.lastIndexOf('/') + 1);
-    if (!/^[0-9a-f]{64}$/.test(d) || liveChunks.has(d)) continue;
-    if (o.mtimeMs > cutoff) {
-      report.keptYoung++;
-      continue;
-    }
-    await catalog.chunks.remove(d);
-    await repo.deleteChunk(d);
-    report.removedChunks++;
-    report.freedBytes += o.size;
-  }
-  for await (const o of repo.store.listInfo('pages/')) {
-    const d = o.name.slice(o.name.lastIndexOf('/') + 1);
-    if (!/^[0-9a-f]{64}$/.test(d) || livePages.has(d)) continue;
-    if (o.mtimeMs > cutoff) {
-      report.keptYoung++;
-      continue;
-    }
-    await catalog.pages.remove(d);
-    await repo.deletePage(d);
-    report.removedPages++;
-    report.freedBytes += o.size;
-  }
+  const chunks = await sweep(app, 'chunks', liveChunks, cutoff, report);
+  const pages = await sweep(app, 'pages', livePages, cutoff, report);
+  report.removedChunks = chunks.removed;
+  report.removedPages = pages.removed;
   // this catalog now matches the repository at the new epoch
   await followRepository(app, epoch);
   return report;
+}
+
+const SWEEP_BATCH = 256;
+
+/**
+ * Removes the unmarked objects of one kind, in batches: the index entries of a batch in one
+ * transaction (committed), then its objects, a few at a time.
+ */
+async function sweep(app: Appliance, kind: 'chunks' | 'pages', live: Set<string>, cutoff: number, report: GcReport): Promise<{ removed: number }> {
+  const index = kind === 'chunks' ? app.catalog.chunks : app.catalog.pages;
+  const remove = (d: string) => (kind === 'chunks' ? app.repo.deleteChunk(d) : app.repo.deletePage(d));
+  let removed = 0;
+  let batch: string[] = [];
+  const flush = async () => {
+    const todo = batch;
+    batch = [];
+    await app.catalog.env.transaction(() => {
+      for (const d of todo) index.remove(d);
+    });
+    await runWindow(todo, 8, remove);
+    removed += todo.length;
+  };
+  for await (const o of app.repo.store.listInfo(`${kind}/`)) {
+    const d = o.name.slice(o.name.lastIndexOf('/') + 1);
+    if (!/^[0-9a-f]{64}$/.test(d) || live.has(d)) continue;
+    if (o.mtimeMs > cutoff) {
+      report.keptYoung++;
+      continue;
+    }
+    batch.push(d);
+    report.freedBytes += o.size;
+    if (batch.length >= SWEEP_BATCH) await flush();
+  }
+  if (batch.length) await flush();
+  return { removed };
 }
 
 /** A page's entries: from the catalog when it has them, else from the repository (verified). */
