@@ -45,8 +45,9 @@ export function decodeManifest(data: Buffer, where: string): { manifest: Manifes
   }
   if (typeof m !== 'object' || m === null) throw new Error(`manifest ${where} is not a JSON object`);
   if (m.kind !== MANIFEST_KIND || m.format !== MANIFEST_FORMAT) throw new Error(`manifest ${where} is not a blockgate manifest of format ${MANIFEST_FORMAT}`);
-  if (!Array.isArray(m.map?.pages) || !m.map.pages.every((d) => /^[0-9a-f]{64}$/.test(d))) throw new Error(`manifest ${where} has a malformed map`);
-  if (!Number.isSafeInteger(m.map.chunk_count) || m.map.chunk_count < 0 || Math.ceil(m.map.chunk_count / 512) !== m.map.pages.length) throw new Error(`manifest ${where}: map has ${m.map.pages.length} pages for ${m.map.chunk_count} chunks`);
+  if (!Array.isArray(m.map?.pages) || !m.map.pages.every((d) => typeof d === 'string' && /^[0-9a-f]{64}$/.test(d))) throw new Error(`manifest ${where} has a malformed map`);
+  if (!Number.isSafeInteger(m.map.chunk_count) || m.map.chunk_count < 0) throw new Error(`manifest ${where}: map has no valid chunk count`);
+  if (Math.ceil(m.map.chunk_count / 512) !== m.map.pages.length) throw new Error(`manifest ${where}: map has ${m.map.pages.length} pages for ${m.map.chunk_count} chunks`);
   const b = m.backup as Partial<BackupRecord> | undefined;
   if (typeof b !== 'object' || b === null || typeof b.id !== 'string' || !/^[0-9a-f-]{36}$/.test(b.id)) throw new Error(`manifest ${where} has no valid backup record`);
   if (!Number.isSafeInteger(b.size_bytes) || !Number.isSafeInteger(b.chunk_size) || (b.chunk_size ?? 0) <= 0 || Math.ceil((b.size_bytes ?? 0) / (b.chunk_size ?? 1)) !== m.map.chunk_count) {

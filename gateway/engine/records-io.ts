@@ -96,7 +96,10 @@ export function parseRecord(service: string, url: string): RawRecord {
   const missing = ['id', 'volume_id', 'repository_id', 'manifest', 'manifest_sha256', ...CHECKED].filter((k) => !(k in r));
   if (missing.length) throw new RecordError(`the record is incomplete (truncated?): no ${missing.join(', ')}`);
   if (typeof r.id !== 'string' || !/^[0-9a-f-]{36}$/.test(r.id)) throw new RecordError('the record has no valid backup id');
-  if (r.manifest !== `manifests/${r.id}.json`) throw new RecordError(`the record names manifest ${JSON.stringify(String(r.manifest).slice(0, 80))}, not the one of backup ${r.id}`);
+  if (r.manifest !== `manifests/${r.id}.json`) {
+    const named = typeof r.manifest === 'string' ? JSON.stringify(r.manifest.slice(0, 80)) : `a JSON ${r.manifest === null ? 'null' : Array.isArray(r.manifest) ? 'array' : typeof r.manifest}`;
+    throw new RecordError(`the record names manifest ${named}, not the one of backup ${r.id}`);
+  }
   if (typeof r.manifest_sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(r.manifest_sha256)) throw new RecordError('the record has no valid manifest digest');
   if (typeof r.repository_id !== 'string') throw new RecordError('the record names no repository');
   if (r.service !== undefined && r.service !== service) throw new RecordError(`the record says service ${JSON.stringify(r.service)}, but ${JSON.stringify(service)} was given`);
