@@ -25,6 +25,8 @@ export const FIXTURES = join(ROOT, 'test', 'fixtures', 'fuzz');
 const MAX_INPUT = 256 * 1024;
 /** corpus files kept per target by --save-corpus */
 const MAX_CORPUS_FILES = 48;
+/** and their bytes, per run */
+const MAX_CORPUS_BYTES = 512 * 1024;
 
 interface Args {
   targets: string[];
@@ -175,8 +177,14 @@ function runTarget(name: string, a: Args): Promise<{ ok: boolean; summary: strin
         } catch {
           // none yet
         }
-        // the smallest new inputs, up to the cap
-        const pick = [...m.newInputs].sort((x, y) => x.length - y.length).slice(0, Math.max(0, MAX_CORPUS_FILES - have));
+        // the smallest new inputs, up to the caps
+        const pick: Uint8Array[] = [];
+        let bytes = 0;
+        for (const b of [...m.newInputs].sort((x, y) => x.length - y.length)) {
+          if (have + pick.length >= MAX_CORPUS_FILES || bytes + b.length > MAX_CORPUS_BYTES) break;
+          pick.push(b);
+          bytes += b.length;
+        }
         for (const b of pick) save(cdir, hash(b), b);
         console.log(`  ${name}: ${pick.length} corpus inputs saved in ${cdir}`);
       }
