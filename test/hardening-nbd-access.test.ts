@@ -178,7 +178,7 @@ test('repo create: a secret on argv (--secret-key) is refused; --secret-key-file
   const dir = tmpDir(t);
   const dataDir = path.join(dir, 'data');
   const secret = `s3cr3t-${randomBytes(6).toString('hex')}`;
-  const r = await cli(dataDir, ['repo', 'create', '--driver', 's3', '--bucket', 'b', '--endpoint', 'http://127.0.0.1:1', '--access-key', 'AKID', '--secret-key', secret]);
+  const r = await cli(dataDir, ['repo', 'create', '--driver', 's3', '--bucket', 'backups', '--endpoint', 'http://127.0.0.1:1', '--access-key', 'AKID', '--secret-key', secret]);
   t.is(r.code, 2, r.stderr);
   t.regex(r.stderr, /--secret-key is no longer accepted: .*visible.*--secret-key-file/);
   t.false(r.stderr.includes(secret));
@@ -191,7 +191,7 @@ test('repo create: a secret on argv (--secret-key) is refused; --secret-key-file
   t.throws(() => repoConfigFrom({ driver: 's3', bucket: 'b', accessKey: 'AKID' }, {}), { message: /--secret-key-file/ });
   t.throws(() => repoConfigFrom({ driver: 's3', bucket: 'b', secretKeyFile: file }, {}), { message: /goes with --access-key/ });
   // the file route gets past usage to the (unreachable) endpoint, and the secret shows nowhere
-  const viaFile = await cli(dataDir, ['repo', 'create', '--driver', 's3', '--bucket', 'b', '--endpoint', 'http://127.0.0.1:1', '--access-key', 'AKID', '--secret-key-file', file]);
+  const viaFile = await cli(dataDir, ['repo', 'create', '--driver', 's3', '--bucket', 'backups', '--endpoint', 'http://127.0.0.1:1', '--access-key', 'AKID', '--secret-key-file', file]);
   t.not(viaFile.code, 2, viaFile.stderr);
   t.not(viaFile.code, 0);
   t.false(viaFile.stderr.includes(secret) || viaFile.stdout.includes(secret));
