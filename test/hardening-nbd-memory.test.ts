@@ -14,6 +14,10 @@ import { cliJson, tmpDir, writeConfig } from './helpers/core.js';
 import { startDaemon } from './helpers/daemon.js';
 import { RawClient } from './helpers/nbd-rawclient.js';
 import { rss } from './helpers/nbd-access.js';
+import { MemDevice } from './helpers/nbd-devices.js';
+import { BackupDevice } from '../gateway/devices/backup-device.js';
+import { HydrateDevice } from '../gateway/devices/hydrate.js';
+import type { MapReader } from '../catalog/blockmap.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -97,4 +101,42 @@ test('256 connections sending CACHE of the whole export keep the daemon within i
   const bound = idle.rss + CACHE_BYTES + 2 * TOTAL_INFLIGHT + SLACK;
   t.log(`daemon RSS idle ${(idle.rss / MiB).toFixed(0)} MiB, peak (VmHWM) ${(peak.hwm / MiB).toFixed(0)} MiB, bound ${(bound / MiB).toFixed(0)} MiB; ${BACKUPS} backups of ${SIZE / MiB} MiB cached by ${CONNS} connections`);
   t.true(peak.hwm <= bound, `VmHWM ${(peak.hwm / MiB).toFixed(0)} MiB over the bound of ${(bound / MiB).toFixed(0)} MiB`);
+});
+
+/** counts reads in flight at once */
+function gauge() {
+  const g = { now: 0, max: 0, total: 0 };
+  const track = async <T>(p: () => Promise<T>): Promise<T> => {
+    g.now++;
+    g.total++;
+    g.max = Math.max(g.max, g.now);
+    try {
+      await new Promise((r) => setImmediate(r));
+      return await p();
+    } finally {
+      g.now--;
+    }
+  };
+  return { g, track };
+}
+
+test('BackupDevice.cache and HydrateDevice.cache of a whole device read a few blocks at a time, not the range at once', async (t) => {
+  const bs = 64 * KiB;
+  const blocks = 512;
+  const data = randomBytes(bs * blocks);
+  const { g, track } = gauge();
+  const map = { entry: (i: number) => (i < blocks ? String(i) : null) } as unknown as MapReader;
+  const backup = new BackupDevice(bs * blocks, bs, map, { read: (d: string) => track(async () => data.subarray(Number(d) * bs, (Number(d) + 1) * bs)) });
+  await backup.cache(0, bs * blocks);
+  t.is(g.total, blocks);
+  t.true(g.max <= 8, `BackupDevice.cache had ${g.max} chunk reads in flight`);
+
+  const h = gauge();
+  const target = new MemDevice(bs * blocks);
+  const hydrate = new HydrateDevice(target, { size: bs * blocks, isHole: () => false, read: (b) => h.track(async () => data.subarray(b * bs, (b + 1) * bs)) }, { blockSize: bs });
+  t.teardown(() => hydrate.close());
+  await hydrate.cache(0, bs * blocks);
+  t.is(h.g.total, blocks);
+  t.true(h.g.max <= 8, `HydrateDevice.cache had ${h.g.max} block reads in flight`);
+  t.true((await target.read(0, bs * blocks)).equals(data), 'the target holds the backup afterwards');
 });
