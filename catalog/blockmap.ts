@@ -16,7 +16,9 @@ const HOLE = Buffer.alloc(DIGEST_BYTES);
 
 /** a page of holes only; stored like any page when a sparse build uses it */
 export const HOLE_PAGE = Buffer.alloc(PAGE_BYTES);
-const HOLE_PAGE_DIGEST = sha256(HOLE_PAGE);
+/** how pages are named: SHA-256, or the repository's keyed digest when it is encrypted */
+export type PageDigest = (page: Buffer) => string;
+const sha256Hex: PageDigest = (page) => sha256(page).toString('hex');
 
 export type PageLoader = (pageDigest: string) => Buffer;
 
@@ -86,6 +88,7 @@ export class MapBuilder {
     readonly chunkCount: number,
     private readonly parent?: { root: Buffer; chunkCount: number; load: PageLoader },
     private readonly emptyBase = false,
+    private readonly digest: PageDigest = sha256Hex,
   ) {
     this.root = Buffer.alloc(pagesFor(chunkCount) * DIGEST_BYTES);
     if (parent) {
@@ -126,7 +129,7 @@ export class MapBuilder {
     const out: NewPage[] = [];
     for (const [p, page] of [...this.open].sort((a, b) => a[0] - b[0])) {
       if (p >= below) continue;
-      const digest = sha256(page).toString('hex');
+      const digest = this.digest(page);
       this.root.write(digest, p * DIGEST_BYTES, DIGEST_BYTES, 'hex');
       this.open.delete(p);
       out.push({ digest, bytes: page });
@@ -142,7 +145,7 @@ export class MapBuilder {
         const d = this.root.subarray(p * DIGEST_BYTES, (p + 1) * DIGEST_BYTES);
         if (!d.equals(HOLE)) continue;
         if (!this.emptyBase) throw new Error(`map page ${p} was never written`);
-        HOLE_PAGE_DIGEST.copy(d);
+        d.write(this.digest(HOLE_PAGE), 'hex');
       }
     }
     return this.root;

@@ -15,6 +15,9 @@
  */
 import { createHash } from 'node:crypto';
 import { CODEC_ID, type CodecName, codecName, compress, decompress } from './codec.js';
+import { type RepoKeys, SEAL_OVERHEAD, contentDigest, seal, unseal } from './crypto.js';
+
+
 
 export const CHUNK_MAGIC = Buffer.from('BGCK');
 export const CHUNK_VERSION = 1;
@@ -23,6 +26,8 @@ export const DIGEST_BYTES = 32;
 export const MIN_CHUNK = 64 * 1024;
 export const MAX_CHUNK = 16 * 1024 * 1024;
 export const DEFAULT_CHUNK = 4 * 1024 * 1024;
+/** what an object adds to its plaintext at most: the header, and the seal in an encrypted repository */
+export const OBJECT_OVERHEAD = CHUNK_HEADER + SEAL_OVERHEAD;
 
 export class ChunkCorruptError extends Error {
   constructor(readonly digest: string, detail: string) {
@@ -67,7 +72,25 @@ function looksIncompressible(plain: Buffer): boolean {
   return compress('lz4', sample).length > sample.length * 0.98;
 }
 
-export function encodeChunk(plain: Buffer, codec: CodecName): EncodedChunk {
+/** What an encrypted repository seals chunk and page objects with (drivers/crypto.ts). */
+export interface Sealing {
+  keys: RepoKeys;
+  kind: ObjectKind;
+}
+
+export type ObjectKind = 'chunks' | 'pages';
+
+/** the object name of a chunk or page: `<kind>/<first two hex digits>/<digest>` */
+export function objectName(kind: ObjectKind, digest: string): string {
+  if (!/^[0-9a-f]{64}$/.test(digest)) throw new Error(`invalid digest ${JSON.stringify(digest)}`);
+  return `${kind}/${digest.slice(0, 2)}/${digest}`;
+}
+
+/**
+ * Encodes a chunk (or page) object: compressed, then, in an encrypted repository, sealed
+ * with the object's name `digest` (flag bit 0 set; the header is authenticated, not secret).
+ */
+export function encodeChunk(plain: Buffer, codec: CodecName, sealing?: Sealing & { digest: string }): EncodedChunk {
   if (codec !== 'none' && looksIncompressible(plain)) codec = 'none';
   let payload = compress(codec, plain);
   let used = codec;
@@ -80,27 +103,50 @@ export function encodeChunk(plain: Buffer, codec: CodecName): EncodedChunk {
   header[4] = CHUNK_VERSION;
   header[5] = CODEC_ID[used];
   header.writeUInt32BE(plain.length, 8);
+  if (sealing) {
+    header[6] = FLAG_ENCRYPTED;
+    return { object: seal(sealing.keys, objectName(sealing.kind, sealing.digest), header, payload), codec: used };
+  }
   return { object: Buffer.concat([header, payload]), codec: used };
 }
 
-/** Decodes a chunk object and verifies that its plaintext hashes to `digest` (hex). */
-export function decodeChunk(object: Buffer, digest: string): Buffer {
+const FLAG_ENCRYPTED = 1;
+
+/**
+ * Decodes a chunk (or page) object and verifies that its plaintext's digest (SHA-256, or
+ * HMAC-SHA-256 in an encrypted repository) is `digest`. An encrypted object needs the keys;
+ * an encrypted repository refuses a plain object (no object can be swapped for a forged one).
+ */
+export function decodeChunk(object: Buffer, digest: string, sealing?: Sealing | null): Buffer {
   if (object.length < CHUNK_HEADER || !object.subarray(0, 4).equals(CHUNK_MAGIC)) {
     throw new ChunkCorruptError(digest, 'bad header magic');
   }
   if (object[4] !== CHUNK_VERSION) throw new ChunkCorruptError(digest, `unsupported format version ${object[4]}`);
-  if (object[6] !== 0) throw new ChunkCorruptError(digest, 'encrypted chunk but the repository has no key');
+  const encrypted = object[6] === FLAG_ENCRYPTED;
+  if (object[6] !== 0 && !encrypted) throw new ChunkCorruptError(digest, `unknown flags ${object[6]}`);
+  if (encrypted && !sealing) throw new ChunkCorruptError(digest, 'encrypted chunk but the repository has no key');
+  if (!encrypted && sealing) throw new ChunkCorruptError(digest, 'a plain object in an encrypted repository');
   const plainLength = object.readUInt32BE(8);
   if (plainLength > MAX_CHUNK) throw new ChunkCorruptError(digest, `plaintext length ${plainLength} too large`);
+  let payload: Buffer;
+  if (sealing) {
+    try {
+      payload = unseal(sealing.keys, objectName(sealing.kind, digest), object, CHUNK_HEADER);
+    } catch (e) {
+      throw new ChunkCorruptError(digest, (e as Error).message);
+    }
+  } else {
+    payload = object.subarray(CHUNK_HEADER);
+  }
   // a payload that does not shrink is stored plain, so no payload is longer than its plaintext
-  if (object.length - CHUNK_HEADER > plainLength) throw new ChunkCorruptError(digest, `payload of ${object.length - CHUNK_HEADER} bytes is longer than its plaintext (${plainLength})`);
+  if (payload.length > plainLength) throw new ChunkCorruptError(digest, `payload of ${payload.length} bytes is longer than its plaintext (${plainLength})`);
   let plain: Buffer;
   try {
-    plain = decompress(codecName(object[5]!), object.subarray(CHUNK_HEADER), plainLength);
+    plain = decompress(codecName(object[5]!), payload, plainLength);
   } catch (e) {
     throw new ChunkCorruptError(digest, (e as Error).message);
   }
-  const actual = sha256(plain).toString('hex');
-  if (actual !== digest) throw new ChunkCorruptError(digest, `content hashes to ${actual}`);
+  const actual = contentDigest(sealing?.keys ?? null, plain);
+  if (actual !== digest) throw new ChunkCorruptError(digest, sealing ? 'content does not match its keyed name' : `content hashes to ${actual}`);
   return plain;
 }

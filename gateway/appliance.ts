@@ -14,6 +14,7 @@ import { RbdVolume } from '../drivers/volume/rbd.js';
 import type { VolumeDriver } from '../drivers/volume/types.js';
 import type { BackupRecord, VolumeRecord } from '../catalog/records.js';
 import { followRepository } from './engine/follow.js';
+import { repoSecrets } from './repo-secrets.js';
 import { type ApplianceConfig, type RepoDriverConfig, type S3RepoConfig, loadConfig } from './config.js';
 
 export type StoreFactory = (cfg: RepoDriverConfig) => Promise<ObjectStore>;
@@ -55,7 +56,13 @@ export class Appliance {
     const config = typeof dataDirOrConfig === 'object' ? dataDirOrConfig : loadConfig(dataDirOrConfig);
     fs.mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
     const store = await openStore(config.repository);
-    const repo = await Repository.openOrCreate(store, { chunkSize: config.chunkSize, codec: config.codec });
+    let repo: Repository;
+    try {
+      repo = await Repository.openOrCreate(store, { chunkSize: config.chunkSize, codec: config.codec }, repoSecrets(config));
+    } catch (e) {
+      await store.close?.();
+      throw e;
+    }
     const catalog = new Catalog(path.join(config.dataDir, 'catalog'));
     let settled: BackupRecord[] = [];
     try {
@@ -79,7 +86,7 @@ export class Appliance {
   }
 
   get pool(): ChunkWorkerPool {
-    this.poolInstance ??= new ChunkWorkerPool(this.config.workers);
+    this.poolInstance ??= new ChunkWorkerPool(this.config.workers, undefined, this.repo.keys);
     return this.poolInstance;
   }
 

@@ -33,6 +33,12 @@ export interface ApplianceConfig {
   /** worker threads for hashing and compression (default: number of cores) */
   workers?: number;
   nbd: NbdConfig;
+  /**
+   * an encrypted repository: where its key comes from (paths; the passphrase itself may also
+   * come from BLOCKGATE_PASSPHRASE). Set by `repo create --encrypt`; with it, a plain
+   * repository is refused.
+   */
+  encryption?: { keyFile?: string; passphraseFile?: string };
 }
 
 /** `nbd` in blockgate.json: where the daemon listens, TLS, who sees what, and its bounds. */

@@ -6,6 +6,7 @@ import { type Globals, backupCommands, jobCommands, repoCommands, volumeCommands
 import { exitCodeFor } from './cli/output.js';
 import { extraCommands } from './cli/extra.js';
 import { recordCommands } from './cli/records.js';
+import { repoKeyCommands } from './cli/repo-keys.js';
 
 // belt and braces: whatever a module creates without an explicit mode is private too
 process.umask(0o077);
@@ -29,6 +30,7 @@ repoCommands(program, globals);
 jobCommands(program, globals);
 extraCommands(program, globals);
 recordCommands(program, globals);
+repoKeyCommands(program, globals);
 
 try {
   await program.parseAsync(process.argv);

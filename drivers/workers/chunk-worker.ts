@@ -3,14 +3,20 @@
  * decompression and digest verification. Buffers arrive and leave as transferred
  * ArrayBuffers, so nothing is copied between threads.
  */
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
-import { CHUNK_HEADER, MAX_CHUNK, ChunkCorruptError, decodeChunk, encodeChunk, isAllZero, sha256 } from '../chunk.js';
+import { MAX_CHUNK, OBJECT_OVERHEAD, ChunkCorruptError, type Sealing, decodeChunk, encodeChunk, isAllZero } from '../chunk.js';
+import { type RepoKeys, contentDigest } from '../crypto.js';
+
+/** the repository's keys when it is encrypted (given once, at the worker's start) */
+const init = workerData as { keys?: { enc: Uint8Array; name: Uint8Array } | null } | undefined;
+const keys: RepoKeys | null = init?.keys ? { enc: Buffer.from(init.keys.enc), name: Buffer.from(init.keys.name) } : null;
+const sealing: Sealing | null = keys ? { keys, kind: 'chunks' } : null;
 import type { CodecName } from '../codec.js';
 
 export type ChunkTask =
   | { id: number; op: 'hash'; buf: ArrayBuffer; length: number }
-  | { id: number; op: 'encode'; buf: ArrayBuffer; length: number; codec: CodecName; out: ArrayBuffer }
+  | { id: number; op: 'encode'; buf: ArrayBuffer; length: number; codec: CodecName; out: ArrayBuffer; digest: string }
   | { id: number; op: 'decode'; object: ArrayBuffer; offset: number; length: number; digest: string; out?: ArrayBuffer }
   | { id: number; op: 'decodeFile'; path: string; digest: string };
 
@@ -31,11 +37,11 @@ parentPort!.on('message', (t: ChunkTask) => {
     if (t.op === 'hash') {
       const data = Buffer.from(t.buf, 0, t.length);
       const zero = isAllZero(data);
-      const digest = zero ? '' : sha256(data).toString('hex');
+      const digest = zero ? '' : contentDigest(keys, data);
       parentPort!.postMessage({ id: t.id, ok: true, buf: t.buf, digest, zero } satisfies ChunkResult, [t.buf]);
     } else if (t.op === 'encode') {
       // the object is copied into the caller's output buffer, so the caller makes no garbage
-      const enc = encodeChunk(Buffer.from(t.buf, 0, t.length), t.codec);
+      const enc = encodeChunk(Buffer.from(t.buf, 0, t.length), t.codec, sealing ? { ...sealing, digest: t.digest } : undefined);
       if (enc.object.length > t.out.byteLength) throw new Error(`encoded chunk (${enc.object.length} bytes) exceeds the output buffer`);
       enc.object.copy(Buffer.from(t.out));
       parentPort!.postMessage({ id: t.id, ok: true, buf: t.buf, out: t.out, outLength: enc.object.length, codec: enc.codec } satisfies ChunkResult, [t.buf, t.out]);
@@ -47,7 +53,7 @@ parentPort!.on('message', (t: ChunkTask) => {
         try {
           // no chunk object is larger than its header and the largest chunk: never read more
           const size = fstatSync(fd).size;
-          if (size > CHUNK_HEADER + MAX_CHUNK) throw new ChunkCorruptError(t.digest, `object of ${size} bytes is larger than any chunk`);
+          if (size > OBJECT_OVERHEAD + MAX_CHUNK) throw new ChunkCorruptError(t.digest, `object of ${size} bytes is larger than any chunk`);
           object = readFileSync(fd);
         } finally {
           closeSync(fd);
@@ -58,16 +64,16 @@ parentPort!.on('message', (t: ChunkTask) => {
         parentPort!.postMessage({ id: t.id, ok: false, error: code === 'ENOENT' ? `chunk ${t.digest} is missing from the repository` : (e as Error).message, name: code === 'ENOENT' ? 'ObjectNotFoundError' : 'Error' } satisfies ChunkResult);
         return;
       }
-      const plain = own(decodeChunk(object, t.digest));
+      const plain = own(decodeChunk(object, t.digest, sealing));
       parentPort!.postMessage({ id: t.id, ok: true, plain } satisfies ChunkResult, [plain]);
     } else if (t.out) {
       // decode into the caller's buffer and hand both back: no allocation on the caller's side
-      const plain = decodeChunk(Buffer.from(t.object, t.offset, t.length), t.digest);
+      const plain = decodeChunk(Buffer.from(t.object, t.offset, t.length), t.digest, sealing);
       if (plain.length > t.out.byteLength) throw new Error(`chunk ${t.digest} (${plain.length} bytes) exceeds the output buffer`);
       plain.copy(Buffer.from(t.out));
       parentPort!.postMessage({ id: t.id, ok: true, buf: t.object, out: t.out, outLength: plain.length } satisfies ChunkResult, [t.object, t.out]);
     } else {
-      const plain = own(decodeChunk(Buffer.from(t.object, t.offset, t.length), t.digest));
+      const plain = own(decodeChunk(Buffer.from(t.object, t.offset, t.length), t.digest, sealing));
       const transfer = plain === t.object ? [plain] : [plain, t.object];
       parentPort!.postMessage({ id: t.id, ok: true, plain } satisfies ChunkResult, transfer);
     }

@@ -9,6 +9,7 @@
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { CodecName } from '../codec.js';
+import type { RepoKeys } from '../crypto.js';
 import type { ChunkResult, ChunkTask } from './chunk-worker.js';
 
 type DistOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
@@ -37,10 +38,12 @@ export class ChunkWorkerPool {
   constructor(
     readonly size = Math.max(1, Math.min(os.availableParallelism(), 8)),
     private readonly script: URL = new URL('./chunk-worker.js', import.meta.url),
+    /** an encrypted repository's keys: names are keyed, objects sealed and opened in the workers */
+    private readonly keys: RepoKeys | null = null,
   ) {}
 
   private spawn(): Worker {
-    const w = new Worker(this.script);
+    const w = new Worker(this.script, { workerData: { keys: this.keys } });
     w.unref();
     w.on('message', (r: ChunkResult) => {
       const p = this.pending.get(r.id);
@@ -122,8 +125,8 @@ export class ChunkWorkerPool {
    * Encodes buf[0..length) as a chunk object into `out` (at least length + CHUNK_HEADER
    * bytes); both are transferred and handed back, so nothing is allocated per chunk.
    */
-  async encode(buf: ArrayBuffer, length: number, codec: CodecName, out: ArrayBuffer): Promise<{ buf: ArrayBuffer; out: ArrayBuffer; object: Buffer; codec: CodecName }> {
-    const r = await this.run({ op: 'encode', buf, length, codec, out }, [buf, out]);
+  async encode(buf: ArrayBuffer, length: number, codec: CodecName, out: ArrayBuffer, digest: string): Promise<{ buf: ArrayBuffer; out: ArrayBuffer; object: Buffer; codec: CodecName }> {
+    const r = await this.run({ op: 'encode', buf, length, codec, out, digest }, [buf, out]);
     return { buf: r.buf!, out: r.out!, object: Buffer.from(r.out!, 0, r.outLength!), codec: r.codec! };
   }
 

@@ -10,7 +10,6 @@ import { ConflictError, ownerHere } from '../../catalog/catalog.js';
 import { HOLE_PAGE, MapBuilder, MapReader } from '../../catalog/blockmap.js';
 import { encodeManifest } from '../../catalog/manifest.js';
 import { type BackupRecord, now, sizeGiB } from '../../catalog/records.js';
-import { sha256 } from '../../drivers/chunk.js';
 import type { ChangeSource } from '../../drivers/volume/types.js';
 import type { BlockDevice } from '../../nbd/blockdev.js';
 import type { Appliance } from '../appliance.js';
@@ -160,7 +159,7 @@ async function copyVolume(app: Appliance, rec: BackupRecord, progress?: Progress
   if (from) rec = { ...rec, size_bytes: from.size, size: sizeGiB(from.size) };
   const cs = rec.chunk_size;
   const count = Math.ceil(rec.size_bytes / cs);
-  const sink = new ChunkSink(app, new MapBuilder(count), cs, app.config.pipelineDepth, true);
+  const sink = new ChunkSink(app, new MapBuilder(count, undefined, false, (p) => app.repo.digest(p)), cs, app.config.pipelineDepth, true);
   const dev = from ?? (await app.volumeDriver(catalog.volume(rec.volume_id)).open('read'));
   const check = cancelCheck(app, rec.id);
   let read = 0;
@@ -200,8 +199,8 @@ async function copyChanges(app: Appliance, rec: BackupRecord, source: ChangeSour
   const base = parent ? { root: catalog.mapRoot(parent.id), chunkCount: Math.ceil(parent.size_bytes / parent.chunk_size), load: catalog.loadPage } : undefined;
   const parentMap = parent ? catalog.mapReader(parent) : null;
   const chunks = new RepoChunkReader(app.repo, app.pool);
-  const sink = new ChunkSink(app, new MapBuilder(count, base, true), cs, app.config.pipelineDepth, false);
-  if (!parent) await sink.storePage({ digest: sha256(HOLE_PAGE).toString('hex'), bytes: HOLE_PAGE });
+  const sink = new ChunkSink(app, new MapBuilder(count, base, true, (p) => app.repo.digest(p)), cs, app.config.pipelineDepth, false);
+  if (!parent) await sink.storePage({ digest: app.repo.digest(HOLE_PAGE), bytes: HOLE_PAGE });
   const check = cancelCheck(app, rec.id);
   let cur = -1;
   let slot = -1;

@@ -5,7 +5,7 @@
  */
 import { MapBuilder, PAGE_ENTRIES, type NewPage } from '../../catalog/blockmap.js';
 import { CODEC_ID } from '../../drivers/codec.js';
-import { CHUNK_HEADER, encodeChunk } from '../../drivers/chunk.js';
+import { OBJECT_OVERHEAD } from '../../drivers/chunk.js';
 import type { Appliance } from '../appliance.js';
 import type { ChunkInfo } from '../../catalog/catalog.js';
 import { LowWater } from './pipeline.js';
@@ -48,7 +48,7 @@ export class ChunkSink {
     private readonly sequential: boolean,
   ) {
     this.slots = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize));
-    this.outs = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize + CHUNK_HEADER));
+    this.outs = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize + OBJECT_OVERHEAD));
     this.free = Array.from({ length: depth }, (_, i) => i);
     this.batch = app.repo.batch();
   }
@@ -125,7 +125,7 @@ export class ChunkSink {
         let w = this.writing.get(h.digest);
         if (!w) {
           w = (async () => {
-            const enc = await pool.encode(this.slots[slot]!, len, repo.config.codec, this.outs[slot]!);
+            const enc = await pool.encode(this.slots[slot]!, len, repo.config.codec, this.outs[slot]!, h.digest);
             this.slots[slot] = enc.buf;
             this.outs[slot] = enc.out;
             // durable in one batch at the end; the index entry is added only after that
@@ -155,7 +155,7 @@ export class ChunkSink {
     if (this.app.catalog.pages.get(p.digest) || this.unstoredPages.has(p.digest)) return Promise.resolve();
     this.unstoredPages.set(p.digest, p.bytes);
     this.unstoredPageBytes += p.bytes.length;
-    const job = this.app.repo.putPage(p.digest, encodeChunk(p.bytes, this.app.repo.config.codec).object, { batch: this.batch });
+    const job = this.app.repo.putPage(p.digest, this.app.repo.encodePage(p.bytes, p.digest), { batch: this.batch });
     this.pages.push(job);
     return job;
   }

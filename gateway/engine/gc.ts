@@ -32,7 +32,6 @@
 import { pageChunkDigests } from '../../catalog/blockmap.js';
 import { ConflictError } from '../../catalog/catalog.js';
 import { decodeManifest } from '../../catalog/manifest.js';
-import { decodeChunk } from '../../drivers/chunk.js';
 import { RepositoryBusyError, acquireGcLock, describeHolder, liveWriters, newEpoch } from '../../drivers/coordination.js';
 import type { Appliance } from '../appliance.js';
 import { followRepository } from './follow.js';
@@ -170,7 +169,7 @@ export async function loadPage(app: Appliance, digest: string, backupId: string)
     throw e;
   }
   try {
-    return decodeChunk(obj, digest);
+    return app.repo.decodePage(obj, digest);
   } catch (e) {
     throw new Error(`backup ${backupId}: its map page ${digest} is corrupt (${(e as Error).message})`);
   }

@@ -205,8 +205,10 @@ function checkVerifiable(b: BackupRecord): void {
 
 export async function verifyBackup(app: Appliance, ref: string, opts: VerifyOptions = {}): Promise<BackupVerifyResult> {
   const { catalog } = app;
-  const id = catalog.backupRecord(ref).id;
-  // the lease first, then the state: a delete that starts after this sees the lease and refuses
+  const first = catalog.backupRecord(ref);
+  checkVerifiable(first);
+  const id = first.id;
+  // the lease is added with a check of the state in one transaction: a delete after it sees the lease and refuses
   const lease = catalog.addReaderLease(id, 'verify');
   try {
     const b = catalog.backupRecord(id);
@@ -268,7 +270,7 @@ async function verifyHeld(app: Appliance, b: BackupRecord, opts: VerifyOptions):
       try {
         const object = await repo.getPage(pd);
         cache.bytesRead += object.length;
-        const plain = await pool.decode(object, pd);
+        const plain = repo.decodePage(object, pd);
         return { error: null, n: plain.length };
       } catch (e) {
         if (!isDataError(e)) throw e;
@@ -276,7 +278,7 @@ async function verifyHeld(app: Appliance, b: BackupRecord, opts: VerifyOptions):
       }
     });
     if (r.error) fail(p * PAGE_ENTRIES, pd, r.error);
-    const page = catalog.pages.get(pd) ?? (r.error ? null : await pool.decode(await repo.getPage(pd), pd));
+    const page = catalog.pages.get(pd) ?? (r.error ? null : repo.decodePage(await repo.getPage(pd), pd));
     if (!page) fail(p * PAGE_ENTRIES, pd, `map page ${pd} is in neither the repository nor the catalog; its blocks cannot be checked`);
     return page ?? null;
   };

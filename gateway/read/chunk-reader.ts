@@ -5,7 +5,7 @@
  * CachedChunkReader does).
  */
 import type { Repository } from '../../drivers/repository.js';
-import { CHUNK_HEADER } from '../../drivers/chunk.js';
+import { OBJECT_OVERHEAD } from '../../drivers/chunk.js';
 import type { ChunkWorkerPool } from '../../drivers/workers/pool.js';
 
 export interface ChunkReader {
@@ -32,7 +32,7 @@ export class SlotChunkReader {
   private readonly outs: ArrayBuffer[];
 
   constructor(private readonly repo: Repository, private readonly pool: ChunkWorkerPool, private readonly chunkSize: number, depth: number) {
-    this.objects = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize + CHUNK_HEADER));
+    this.objects = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize + OBJECT_OVERHEAD));
     this.outs = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize));
   }
 
@@ -48,7 +48,7 @@ export class SlotChunkReader {
       return r.plain;
     } catch (e) {
       // a failed decode keeps the transferred buffers: replace them
-      if (object.byteLength === 0) this.objects[slot] = new ArrayBuffer(this.chunkSize + CHUNK_HEADER);
+      if (object.byteLength === 0) this.objects[slot] = new ArrayBuffer(this.chunkSize + OBJECT_OVERHEAD);
       if (out.byteLength === 0) this.outs[slot] = new ArrayBuffer(this.chunkSize);
       throw e;
     }

@@ -3,6 +3,7 @@ import Table from 'cli-table3';
 import cliProgress from 'cli-progress';
 import { ConflictError, NotFoundError } from '../../catalog/catalog.js';
 import { InvalidNameError } from '../../gateway/names.js';
+import { KeyError } from '../../drivers/crypto.js';
 import { formatSize } from '../../gateway/size.js';
 
 export type Format = 'table' | 'json';
@@ -63,7 +64,7 @@ export function progressBar(label: string): { update(done: number, total: number
 export function exitCodeFor(e: unknown): number {
   if (e instanceof NotFoundError) return 3;
   if (e instanceof ConflictError) return 4;
-  if (e instanceof UsageError || e instanceof InvalidNameError) return 2;
+  if (e instanceof UsageError || e instanceof InvalidNameError || e instanceof KeyError) return 2;
   return 1;
 }
 

@@ -18,11 +18,12 @@ import path from 'node:path';
 import { Option, type Command } from 'commander';
 import { Catalog } from '../../catalog/catalog.js';
 import { CODECS, type CodecName } from '../../drivers/codec.js';
-import { Repository } from '../../drivers/repository.js';
+import { Repository, type RepoSecrets } from '../../drivers/repository.js';
+import { readSecretFrom } from '../../gateway/repo-secrets.js';
 import type { ObjectStore } from '../../drivers/store/types.js';
 import { DirStore } from '../../drivers/store/dir.js';
 import { Appliance } from '../../gateway/appliance.js';
-import { CONFIG_FILE, type RepoDriverConfig, type S3RepoConfig, loadConfig, saveConfig } from '../../gateway/config.js';
+import { type ApplianceConfig, CONFIG_FILE, type RepoDriverConfig, type S3RepoConfig, loadConfig, saveConfig } from '../../gateway/config.js';
 import { repoInfo } from '../../gateway/engine/repo-info.js';
 import { parseSize } from '../../gateway/size.js';
 import type { Globals } from './commands.js';
@@ -42,6 +43,10 @@ export interface RepoCreateOptions {
   concurrency?: string;
   chunkSize?: string;
   codec?: CodecName;
+  /** a new encrypted repository (AES-256-GCM, keyed names) */
+  encrypt?: boolean;
+  passphraseFile?: string;
+  keyFile?: string;
 }
 
 export const SECRET_ON_ARGV = '--secret-key is no longer accepted: a secret on the command line is visible to every local user (ps, /proc/PID/cmdline). Put it in a file only you can read and give --secret-key-file FILE (or --secret-key-file - to read it from stdin), or set AWS_SECRET_ACCESS_KEY';
@@ -137,7 +142,7 @@ async function checkCatalog(dataDir: string, repoId: string | null, location: st
 }
 
 /** blockgate.json gets the repository; made 0600 first when it will hold a secret. */
-function writeConfig(dataDir: string, repository: RepoDriverConfig, chunkSize: number, codec: CodecName): void {
+function writeConfig(dataDir: string, repository: RepoDriverConfig, chunkSize: number, codec: CodecName, encryption?: ApplianceConfig['encryption']): void {
   const cfg = loadConfig(dataDir);
   const file = path.join(cfg.dataDir, CONFIG_FILE);
   const secret = repository.driver === 's3' && repository.secretAccessKey !== undefined;
@@ -146,7 +151,7 @@ function writeConfig(dataDir: string, repository: RepoDriverConfig, chunkSize: n
     if (!fs.existsSync(file)) fs.writeFileSync(file, '{}\n', { mode: 0o600 });
     fs.chmodSync(file, 0o600);
   }
-  saveConfig({ ...cfg, repository, chunkSize, codec }, ['repository', 'chunkSize', 'codec']);
+  saveConfig({ ...cfg, repository, chunkSize, codec, encryption }, ['repository', 'chunkSize', 'codec', 'encryption']);
 }
 
 export async function repoCreate(g: Globals, o: RepoCreateOptions): Promise<Record<string, unknown>> {
@@ -161,17 +166,30 @@ export async function repoCreate(g: Globals, o: RepoCreateOptions): Promise<Reco
   }
   const base = loadConfig(g.dataDir);
   const dataDir = base.dataDir;
+  let passphrase: string | undefined = process.env.BLOCKGATE_PASSPHRASE || undefined;
+  if (o.passphraseFile !== undefined) {
+    try {
+      passphrase = readSecretFrom(o.passphraseFile, 'passphrase');
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+  }
+  const keyFile = o.keyFile !== undefined ? path.resolve(o.keyFile) : undefined;
+  const secrets: RepoSecrets = { passphrase, keyFile, expectEncrypted: !!o.encrypt };
   const store = await openStoreForCreate(repository);
   let repo: Repository;
   let created = false;
   try {
-    const existing = (await store.has('config')) ? await Repository.open(store) : null;
+    const existing = (await store.has('config')) ? await Repository.open(store, secrets) : null;
     await checkCatalog(dataDir, existing?.config.id ?? null, store.location);
     if (existing) {
       repo = existing;
     } else {
-      if (repository.driver === 'dir') fs.mkdirSync(repository.path, { recursive: true });
-      repo = await Repository.create(store, { chunkSize: chunkSize ?? base.chunkSize, codec: o.codec ?? base.codec });
+      if (repository.driver === 'dir') fs.mkdirSync(repository.path, { recursive: true, mode: 0o700 });
+      const encrypt = o.encrypt ? { passphrase: secrets.passphrase ?? undefined, keyFile: secrets.keyFile ?? undefined } : undefined;
+      if (encrypt && !encrypt.passphrase && !encrypt.keyFile) throw new UsageError('--encrypt needs a passphrase (BLOCKGATE_PASSPHRASE or --passphrase-file) or --key-file');
+      if (encrypt?.keyFile && fs.existsSync(encrypt.keyFile)) throw new UsageError(`key file ${encrypt.keyFile} already exists: a new repository gets a new key`);
+      repo = await Repository.create(store, { chunkSize: chunkSize ?? base.chunkSize, codec: o.codec ?? base.codec, encrypt });
       created = true;
     }
   } finally {
@@ -184,7 +202,8 @@ export async function repoCreate(g: Globals, o: RepoCreateOptions): Promise<Reco
     if (o.codec !== undefined && o.codec !== repo.config.codec) notes.push(`its codec stays ${repo.config.codec} (--codec applies to a new repository)`);
   }
   await checkCatalog(dataDir, repo.config.id, repo.store.location, { id: repo.config.id });
-  writeConfig(dataDir, repository, repo.chunkSize, repo.config.codec);
+  const encryption = repo.keys ? { ...(keyFile ? { keyFile } : {}), ...(o.passphraseFile && o.passphraseFile !== '-' ? { passphraseFile: path.resolve(o.passphraseFile) } : {}) } : undefined;
+  writeConfig(dataDir, repository, repo.chunkSize, repo.config.codec, encryption);
   const app = await Appliance.open(loadConfig(dataDir));
   try {
     return { driver: repository.driver, created, config: redactRepoConfig(repository), ...(notes.length ? { notes } : {}), ...repoInfo(app) };
@@ -210,5 +229,8 @@ export function repoCreateCommand(program: Command, g: () => Globals): void {
     .option('--concurrency <n>', 's3: parallel requests (default 8)')
     .option('--chunk-size <size>', 'chunk size of a new repository, a power of two from 64K to 16M (default 4M)')
     .addOption(new Option('--codec <codec>', 'compression of a new repository (default zstd)').choices([...CODECS]))
+    .option('--encrypt', 'a new encrypted repository: its master key wrapped by a passphrase (BLOCKGATE_PASSPHRASE or --passphrase-file), or in a new --key-file')
+    .option('--passphrase-file <file>', 'file holding the passphrase of an encrypted repository ("-": stdin at create; its path is kept in blockgate.json)')
+    .option('--key-file <file>', 'key file of an encrypted repository, outside the repository (made by --encrypt if it does not exist; its path is kept in blockgate.json)')
     .action((o: RepoCreateOptions) => repoCreate(g(), o).then((r) => printRecord(g().format, r)));
 }
