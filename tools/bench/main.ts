@@ -11,6 +11,7 @@ import { benchNbd } from './nbd.js';
 import { benchFuse } from './fuse.js';
 import { benchInstant } from './instant.js';
 import { benchRbd } from './rbd.js';
+import { benchEncryption } from './encryption.js';
 import { SUITE as REPO_SCALE, type ScaleRow, benchRepo } from './repo.js';
 
 const work = path.resolve(process.env.BENCH_DIR ?? '.bench');
@@ -24,6 +25,7 @@ const suites: Record<string, (work: string, sizeMiB: number) => Promise<Row[]>> 
   instant: benchInstant,
   rbd: benchRbd,
   [REPO_SCALE]: benchRepo,
+  encryption: benchEncryption,
 };
 const only = process.argv.slice(2);
 const rows: Row[] = [];
@@ -95,6 +97,11 @@ const sgd = scale('gc-after-delete');
 if (sgd) ratios[`gc after deleting ${sgd.backups} of them, seconds (one round)`] = sgd.seconds.toFixed(2);
 const sb = scale('rebuild');
 if (sb) ratios[`rebuild of ${sb.backups} backups, seconds (median [min–max])`] = spread(sb);
+for (const op of ['full backup', 'restore', 'nbdcopy first read']) {
+  const e = get('blockgate encrypted', op, 'encryption');
+  const p = get('blockgate plain', op, 'encryption');
+  if (e && p) ratios[`encrypted vs plain, ${op} (target >= 0.9)`] = ratio(e, p);
+}
 console.log('\nratios (blockgate / peer, throughput):');
 for (const [k, v] of Object.entries(ratios)) console.log(`  ${k}: ${v}`);
 fs.writeFileSync(path.join(work, 'results.json'), JSON.stringify({ date: new Date().toISOString(), sizeMiB, rows, ratios, failed }, null, 2));
