@@ -12,6 +12,7 @@ import { benchFuse } from './fuse.js';
 import { benchInstant } from './instant.js';
 import { benchRbd } from './rbd.js';
 import { benchEncryption } from './encryption.js';
+import { benchMemory } from './memory.js';
 import { SUITE as REPO_SCALE, type ScaleRow, benchRepo } from './repo.js';
 
 const work = path.resolve(process.env.BENCH_DIR ?? '.bench');
@@ -26,6 +27,7 @@ const suites: Record<string, (work: string, sizeMiB: number) => Promise<Row[]>> 
   rbd: benchRbd,
   [REPO_SCALE]: benchRepo,
   encryption: benchEncryption,
+  memory: (work) => benchMemory(work),
 };
 const only = process.argv.slice(2);
 const rows: Row[] = [];
@@ -102,6 +104,9 @@ for (const op of ['full backup', 'restore', 'nbdcopy first read']) {
   const p = get('blockgate plain', op, 'encryption');
   if (e && p) ratios[`encrypted vs plain, ${op} (target >= 0.9)`] = ratio(e, p);
 }
+const m1 = get('blockgate', 'backup 64K chunks 1 GiB', 'memory');
+const m64 = get('blockgate', 'backup 64K chunks 64 GiB', 'memory');
+if (m1 && m64) ratios['peak RSS 64 GiB / 1 GiB at 64K chunks (target <= 1.1)'] = (m64.rssMiB / m1.rssMiB).toFixed(2);
 console.log('\nratios (blockgate / peer, throughput):');
 for (const [k, v] of Object.entries(ratios)) console.log(`  ${k}: ${v}`);
 fs.writeFileSync(path.join(work, 'results.json'), JSON.stringify({ date: new Date().toISOString(), sizeMiB, rows, ratios, failed }, null, 2));
