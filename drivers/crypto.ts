@@ -138,11 +138,18 @@ export function contentDigest(keys: RepoKeys | null, data: Buffer): string {
 
 /** Seals `body` under `header` (kept plain, authenticated) for the object `name`. */
 export function seal(keys: RepoKeys, name: string, header: Buffer, body: Buffer): Buffer {
-  const nonce = randomBytes(NONCE);
+  const out = Buffer.allocUnsafe(header.length + NONCE + body.length + TAG);
+  header.copy(out, 0);
+  const nonce = out.subarray(header.length, header.length + NONCE);
+  randomBytes(NONCE).copy(nonce);
   const c = createCipheriv('aes-256-gcm', keys.enc, nonce);
   c.setAAD(Buffer.concat([header, Buffer.from(name)]));
-  const ct = Buffer.concat([c.update(body), c.final()]);
-  return Buffer.concat([header, nonce, ct, c.getAuthTag()]);
+  // GCM is a stream mode: update() gives exactly the body's length, final() nothing
+  const ct = c.update(body);
+  ct.copy(out, header.length + NONCE);
+  c.final();
+  c.getAuthTag().copy(out, header.length + NONCE + body.length);
+  return out;
 }
 
 /** Opens what seal() made; throws ObjectAuthError if anything was changed. */
@@ -155,7 +162,9 @@ export function unseal(keys: RepoKeys, name: string, object: Buffer, headerLengt
     const d = createDecipheriv('aes-256-gcm', keys.enc, nonce);
     d.setAAD(Buffer.concat([header, Buffer.from(name)]));
     d.setAuthTag(tag);
-    return Buffer.concat([d.update(object.subarray(headerLength + NONCE, object.length - TAG)), d.final()]);
+    const plain = d.update(object.subarray(headerLength + NONCE, object.length - TAG));
+    const rest = d.final();
+    return rest.length ? Buffer.concat([plain, rest]) : plain;
   } catch {
     throw new ObjectAuthError(name);
   }
