@@ -344,6 +344,26 @@ export class Catalog {
     return out;
   }
 
+  // ---- chunks found corrupt by verify: never deduplicated onto, never carried into a new map
+
+  markCorrupt(digest: string): void {
+    this.meta.putSync(`corrupt:${digest}`, now());
+  }
+
+  clearCorrupt(digest: string): void {
+    if (this.meta.get(`corrupt:${digest}`) !== undefined) this.meta.removeSync(`corrupt:${digest}`);
+  }
+
+  isCorrupt(digest: string): boolean {
+    return this.meta.get(`corrupt:${digest}`) !== undefined;
+  }
+
+  /** true if verify found any chunk corrupt that no backup has written anew since */
+  anyCorrupt(): boolean {
+    for (const _ of this.meta.getKeys({ start: 'corrupt:', end: 'corrupt;' })) return true;
+    return false;
+  }
+
   liveBackups(): BackupRecord[] {
     return this.listBackups().filter((b) => isLive(b.status));
   }

@@ -1,7 +1,8 @@
 /**
  * Hardening: an RBD incremental over a parent without a change token (a backup not made by
  * export-diff, e.g. one saved from an overlay) is exactly the volume at its snapshot: ranges
- * the image no longer has allocated read as zeroes, not as the parent's old data.
+ * the image no longer has allocated read as zeroes, not as the parent's old data. And one
+ * over a parent that names a chunk verify found corrupt reads the image anew.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -11,6 +12,7 @@ import { createVolume } from '../gateway/engine/volumes.js';
 import { cephTest, getCeph, rbd, rbdApply } from './helpers/ceph.js';
 import { openApp, tmpDir } from './helpers/core.js';
 import { backup, restoreToBuffer } from './helpers/engine.js';
+import { verifyBackup } from '../gateway/engine/verify.js';
 
 const MiB = 1 << 20;
 
@@ -46,4 +48,34 @@ cephTest('an RBD incremental over a parent without a change token is the image a
   const h = (b: Buffer) => createHash('sha256').update(b).digest('hex');
   t.is(h(got.subarray(2 * MiB, 4 * MiB)), h(Buffer.alloc(2 * MiB)), 'not the parent\'s old data');
   t.is(h(got), h(now), 'the incremental is the image, bit for bit');
+});
+
+cephTest('an RBD incremental never carries over a chunk that verify found corrupt: the block is read anew and both backups verify clean', async (t) => {
+  t.timeout(3 * 60_000);
+  const c = await getCeph();
+  const spec = `volumes/bgt-hard-${randomBytes(3).toString('hex')}`;
+  const file = path.join(tmpDir(t), 'src.img');
+  fs.writeFileSync(file, randomBytes(8 * MiB));
+  await rbd(c, ['import', '--no-progress', file, spec]);
+  t.teardown(async () => {
+    await rbd(c, ['snap', 'purge', '--no-progress', spec]).catch(() => undefined);
+    await rbd(c, ['remove', '--no-progress', spec]).catch(() => undefined);
+  });
+  const app = await openApp(t, { chunkSize: MiB });
+  await createVolume(app, { name: 'r', rbd: spec, cephConf: c.conf });
+  const full = await backup(app, 'r');
+  const d = app.catalog.mapReader(full).entry(3)!;
+  const obj = path.join(app.config.dataDir, 'repo', 'chunks', d.slice(0, 2), d);
+  const bytes = fs.readFileSync(obj);
+  bytes[bytes.length - 1]! ^= 0xff;
+  fs.writeFileSync(obj, bytes);
+  const bad = await verifyBackup(app, full.id);
+  t.is(bad.verify_state, 'failed');
+  // no change at all in the image: a plain incremental would name the corrupt chunk again
+  const inc = await backup(app, 'r', { incremental: true });
+  t.true(inc.notes.some((n) => /names a chunk that verify found corrupt/.test(n)), JSON.stringify(inc.notes));
+  t.is(createHash('sha256').update(await restoreToBuffer(app, inc.id)).digest('hex'), createHash('sha256').update(fs.readFileSync(file)).digest('hex'));
+  t.is((await verifyBackup(app, inc.id)).verify_state, 'ok');
+  t.is((await verifyBackup(app, full.id)).verify_state, 'ok', 'the rewritten chunk heals the old backup too');
+  t.false(app.catalog.isCorrupt(d));
 });

@@ -117,8 +117,13 @@ export async function runBackup(app: Appliance, rec: BackupRecord, progress?: Pr
     const parent = rec.parent_id ? catalog.backups.get(rec.parent_id) : undefined;
     // a diff can only be laid over a parent that has a change token (an export-diff snapshot);
     // over any other parent (e.g. one saved from an overlay) it is built from the full diff alone
-    const base = parent?.change_token ? parent : undefined;
+    let base = parent?.change_token ? parent : undefined;
     if (source && parent && !base) rec = { ...rec, notes: [...rec.notes, `the parent backup ${parent.id} has no snapshot to diff against: this backup read every allocated extent of the image`] };
+    // nor over a parent whose map names a chunk that verify found corrupt: the block is read anew
+    if (source && base && catalog.anyCorrupt() && namesCorrupt(app, base)) {
+      base = undefined;
+      rec = { ...rec, notes: [...rec.notes, `the parent backup ${parent!.id} names a chunk that verify found corrupt: this backup read every allocated extent of the image`] };
+    }
     const done = source ? await copyChanges(app, rec, source, base, progress) : await copyVolume(app, rec, progress, from);
     // the manifest names its writer's lease: a catalog rebuild leaves it alone while the lease is live
     await app.repo.putManifest(rec.id, encodeManifest(app.repo.config.id, done.rec, catalog.volume(rec.volume_id), done.root, lease.token));
@@ -144,6 +149,15 @@ export async function runBackup(app: Appliance, rec: BackupRecord, progress?: Pr
     catalog.unregisterWriter(rec.id);
     await lease?.release().catch(() => undefined);
   }
+}
+
+function namesCorrupt(app: Appliance, b: BackupRecord): boolean {
+  const map = app.catalog.mapReader(b);
+  for (let i = 0; i < map.chunkCount; i++) {
+    const d = map.entry(i);
+    if (d && app.catalog.isCorrupt(d)) return true;
+  }
+  return false;
 }
 
 function cancelCheck(app: Appliance, id: string): () => void {

@@ -184,6 +184,7 @@ export class ChunkSink {
     const { catalog } = this.app;
     const chunks = this.unindexed.splice(0);
     const pages = [...this.unstoredPages];
+    for (const [d] of chunks) catalog.clearCorrupt(d); // written anew: whole again
     await catalog.env.transaction(() => {
       for (const [d, info] of chunks) catalog.chunks.put(d, info);
       for (const [d, bytes] of pages) catalog.pages.put(d, bytes);

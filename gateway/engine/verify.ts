@@ -243,6 +243,8 @@ async function verifyHeld(app: Appliance, b: BackupRecord, opts: VerifyOptions):
         cache.badChunks++;
         if (cache.badList.length < maxFailures) cache.badList.push(d);
       }
+      // and no change-source incremental carries it over from its parent's map
+      if (r.error) catalog.markCorrupt(d);
       return r;
     });
 
