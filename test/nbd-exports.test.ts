@@ -81,16 +81,26 @@ test('the overlay export takes writes and reads them back; the backup itself sta
 test('a backup attached over NBD cannot be deleted until it is detached', async (t) => {
   const c = await chain(t);
   const d = await startDaemon(t, c.dataDir);
-  // hold a connection open with nbdsh (python libnbd) for a while
-  const holder = run('/usr/bin/python3', ['-c', `import nbd,time\nh=nbd.NBD()\nh.connect_uri("${d.uri('disk@full')}")\nh.pread(4096,0)\ntime.sleep(3)\nh.shutdown()`]);
-  await new Promise((r) => setTimeout(r, 1200));
+  // hold a connection open with python libnbd until told to let go (flag files, not sleeps)
+  const flag = path.join(c.dir, 'held');
+  const holder = run('/usr/bin/python3', [
+    '-c',
+    `import nbd,time,os\nh=nbd.NBD()\nh.connect_uri("${d.uri('disk@full')}")\nh.pread(4096,0)\nopen("${flag}.ready","w").close()\nend=time.time()+120\nwhile not os.path.exists("${flag}") and time.time()<end: time.sleep(0.05)\nh.shutdown()`,
+  ]);
+  for (let i = 0; i < 1200 && !fs.existsSync(`${flag}.ready`); i++) await new Promise((r) => setTimeout(r, 50));
   const refused = await cli(c.dataDir, ['backup', 'delete', 'full']);
+  fs.writeFileSync(flag, '');
   t.is(refused.code, 4);
   t.regex(refused.stderr, /is attached .*detach it before deleting/);
   await holder;
-  await new Promise((r) => setTimeout(r, 300));
-  const ok = await cliJson(c.dataDir, ['backup', 'delete', 'full']);
-  t.is(ok.status, 'deleted');
+  // the daemon drops the lease when it sees the disconnect: the delete goes through then
+  let ok = await cli(c.dataDir, ['-f', 'json', 'backup', 'delete', 'full']);
+  for (let i = 0; i < 100 && ok.code === 4; i++) {
+    await new Promise((r) => setTimeout(r, 200));
+    ok = await cli(c.dataDir, ['-f', 'json', 'backup', 'delete', 'full']);
+  }
+  t.is(ok.code, 0, ok.stderr);
+  t.is((JSON.parse(ok.stdout) as { status: string }).status, 'deleted');
   await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', c.img, d.uri('disk@inc')]);
 });
 
