@@ -278,6 +278,10 @@ export async function fuzz(target: Target, o: RunOptions): Promise<Stats & { new
     if (input.length > target.maxLen) input = input.subarray(0, target.maxLen);
     const bad = await exec(input);
     if (!bad) batch.push(input);
+    // back to the event loop now and then: a loop of awaits alone never lets nextTick
+    // callbacks and native finalizers run (closed zlib streams, zstd contexts), and memory
+    // held by them would look like a leak of the parser
+    if ((i & 127) === 127) await new Promise<void>((resolve) => setImmediate(resolve));
     if (batch.length >= BATCH) await flush();
     if (++checked >= 4096) {
       checked = 0;
