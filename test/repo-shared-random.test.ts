@@ -81,7 +81,6 @@ async function scenario(t: ExecutionContext, repository: RepoDriverConfig, clean
   }
   t.log(JSON.stringify(outcomes));
   t.true(Object.keys(outcomes).some((k) => k.endsWith('killed')), 'some operations were killed');
-  t.true(Object.keys(outcomes).some((k) => k.startsWith('gc ok')), 'some GCs ran to the end');
 
   // one more backup on each, not killed, so there is always something to check
   for (const n of ['a', 'b'] as const) {
