@@ -3,6 +3,8 @@
  * locks that keep garbage collection and writers apart. One LMDB environment, several
  * named databases; every state change that must be atomic is one write transaction.
  */
+import fs from 'node:fs';
+import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { MapReader, type PageLoader } from './blockmap.js';
@@ -62,7 +64,10 @@ export class Catalog {
   readonly meta: Database<unknown, string>;
 
   constructor(readonly path: string) {
+    // the catalog is private to the appliance's user, whatever the umask
+    fs.mkdirSync(path, { recursive: true, mode: 0o700 });
     this.env = open({ path, mapSize: 64 * 1024 ** 3 });
+    for (const f of fs.readdirSync(path)) fs.chmodSync(join(path, f), 0o600);
     this.volumes = this.env.openDB({ name: 'volumes' });
     this.volumeNames = this.env.openDB({ name: 'volume-names' });
     this.backups = this.env.openDB({ name: 'backups' });

@@ -62,6 +62,31 @@ test('data dir 0700; new volumes, their folder and restored images 0600/0700', a
   t.is(fileSha(target.path), fileSha(src));
 });
 
+test('repository objects (chunks, pages, manifests, config) are 0600 in 0700 directories; the catalog too', async (t) => {
+  const { dir, app: a } = await app(t);
+  const src = path.join(dir, 'src.img');
+  fs.writeFileSync(src, randomBytes(256 * 1024));
+  const v = await createVolume(a, { name: 'src', file: src });
+  await runBackup(a, await startBackup(a, { volume: v.id, name: 'b1' }));
+  const repo = path.join(a.config.dataDir, 'repo');
+  const seen = { files: 0, dirs: 0 };
+  const walk = (d: string) => {
+    t.is(mode(d), 0o700, `${path.relative(a.config.dataDir, d) || '.'} is 0700`);
+    seen.dirs++;
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else {
+        t.is(mode(p), 0o600, `${path.relative(a.config.dataDir, p)} is 0600`);
+        seen.files++;
+      }
+    }
+  };
+  walk(repo);
+  walk(path.join(a.config.dataDir, 'catalog'));
+  t.true(seen.files >= 6, `${seen.files} files checked`);
+});
+
 test('blockgate.json (may hold S3 keys) is written 0600, atomically, replacing a planted symlink rather than following it', async (t) => {
   const dir = tmpDir(t);
   const dataDir = path.join(dir, 'data');
