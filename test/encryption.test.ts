@@ -248,7 +248,7 @@ ava('a key file outside the repository; passphrases added and removed without to
   t.deepEqual(mtimes(), chunksBefore, 'no data object was rewritten (same files, same mtimes)');
 });
 
-cephTest('an encrypted S3 repository with an RBD volume: full and incremental backups restore bit-exact', async (t) => {
+cephTest('an encrypted S3 repository with an RBD volume: full and incremental backups restore bit-exact, NBD and FUSE read it', async (t) => {
   t.timeout(5 * 60_000);
   const c = await getCeph();
   const s3 = await getS3();
@@ -282,6 +282,17 @@ cephTest('an encrypted S3 repository with an RBD volume: full and incremental ba
   t.is(sha(fs.readFileSync(path.join(data, 'volumes', 'back.img'))), sha(v1));
   await bgJ(data, ['backup', 'restore', 'inc', '--name', 'back2'], env);
   t.is(sha(fs.readFileSync(path.join(data, 'volumes', 'back2.img'))), sha(await rbd(c, ['export', '--no-progress', spec, '-'])));
+  // NBD and FUSE read the encrypted S3 repository too (chunks fetched as objects, opened in the workers)
+  Object.assign(process.env, env);
+  const d = await startDaemon(t, data, []);
+  fs.writeFileSync(path.join(root, 'v1.img'), v1);
+  await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', path.join(root, 'v1.img'), d.uri('r@full')]);
+  await d.stop();
+  if (requireFuse(t)) {
+    const mnt = path.join(root, 'mnt');
+    await startMount(t, data, mnt);
+    t.is(sha(await fs.promises.readFile(path.join(mnt, 'volumes', 'r', 'full', 'disk.img'))), sha(v1), 'FUSE reads it bit-exact');
+  }
   const names: string[] = [];
   for await (const n of st.list('chunks/')) names.push(n);
   t.true(names.length > 0);
