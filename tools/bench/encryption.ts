@@ -6,10 +6,11 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { CLI, type Row } from './core.js';
 import { makeFsImage } from './image.js';
 import { measure, sh, warmCache } from './run.js';
+import { stop, waitPort } from './nbd.js';
 
 const PASS = 'bench passphrase';
 const ROUNDS = process.env.BENCH_QUICK === '1' ? 1 : 3;
@@ -17,25 +18,6 @@ const ROUNDS = process.env.BENCH_QUICK === '1' ? 1 : 3;
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)]!;
-}
-
-async function waitExport(uri: string): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    try {
-      await sh('nbdinfo', ['--size', uri]);
-      return;
-    } catch {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  throw new Error(`${uri} did not come up`);
-}
-
-async function stop(p: ChildProcess): Promise<void> {
-  if (p.exitCode !== null || p.signalCode !== null) return;
-  const done = new Promise((r) => p.on('exit', r));
-  p.kill('SIGTERM');
-  await done;
 }
 
 export async function benchEncryption(work: string, sizeMiB: number): Promise<Row[]> {
@@ -70,7 +52,7 @@ export async function benchEncryption(work: string, sizeMiB: number): Promise<Ro
       const server = spawn(process.execPath, [CLI, '--data-dir', data, 'serve', '--nbd-port', String(k.port), '--nbd-socket', ''], { stdio: 'ignore', env: { ...process.env, ...env } });
       try {
         const uri = `nbd://127.0.0.1:${k.port}/vol@b`;
-        await waitExport(uri);
+        await waitPort(uri);
         const m = await measure('nbdcopy', ['--requests=64', uri, 'null:']);
         note(k.tool, 'nbdcopy first read', m.seconds);
       } finally {

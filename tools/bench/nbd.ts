@@ -14,7 +14,7 @@ function startServer(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): 
   return spawn(cmd, args, { stdio: 'ignore', env: { ...process.env, ...env } });
 }
 
-async function waitPort(uri: string): Promise<void> {
+export async function waitPort(uri: string): Promise<void> {
   for (let i = 0; i < 100; i++) {
     try {
       await sh('nbdinfo', ['--size', uri]);
@@ -26,7 +26,7 @@ async function waitPort(uri: string): Promise<void> {
   throw new Error(`${uri} did not come up`);
 }
 
-async function stop(p: ChildProcess): Promise<void> {
+export async function stop(p: ChildProcess): Promise<void> {
   if (p.exitCode !== null || p.signalCode !== null) return;
   const done = new Promise((r) => p.on('exit', r));
   p.kill('SIGTERM');
