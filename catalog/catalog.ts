@@ -355,8 +355,9 @@ export class Catalog {
     this.meta.putSync(`corrupt:${digest}`, now());
   }
 
+  /** (inside a write transaction, with the index entry of the chunk written anew) */
   clearCorrupt(digest: string): void {
-    if (this.meta.get(`corrupt:${digest}`) !== undefined) this.meta.removeSync(`corrupt:${digest}`);
+    if (this.meta.get(`corrupt:${digest}`) !== undefined) void this.meta.remove(`corrupt:${digest}`);
   }
 
   isCorrupt(digest: string): boolean {

@@ -8,7 +8,7 @@
  */
 import fs from 'node:fs';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { DEFAULT_CHUNK, type ObjectKind, checkChunkSize, decodeChunk, encodeChunk, objectName } from './chunk.js';
+import { DEFAULT_CHUNK, checkChunkSize, decodeChunk, encodeChunk, objectName } from './chunk.js';
 import {
   type EncryptionConfig,
   KeyError,
@@ -54,8 +54,6 @@ export interface RepoCreateOptions {
 
 const DIGEST_RE = /^[0-9a-f]{64}$/;
 const ID_RE = /^[0-9a-f-]{36}$/;
-
-const fanout = (kind: ObjectKind, digest: string): string => objectName(kind, digest);
 
 function unlock(config: RepoConfig, where: string, secrets: RepoSecrets): RepoKeys | null {
   const enc = config.encryption;
@@ -168,19 +166,19 @@ export class Repository {
   }
 
   putChunk(digest: string, object: Buffer, opts?: PutOptions): Promise<void> {
-    return this.store.put(fanout('chunks', digest), object, opts);
+    return this.store.put(objectName('chunks', digest), object, opts);
   }
   getChunk(digest: string): Promise<Buffer> {
-    return this.store.get(fanout('chunks', digest));
+    return this.store.get(objectName('chunks', digest));
   }
   /** the local file of a chunk object, when the store has one */
   chunkPath(digest: string): string | undefined {
-    return this.store.localPath?.(fanout('chunks', digest));
+    return this.store.localPath?.(objectName('chunks', digest));
   }
 
   /** reads a chunk object into `into`; returns its length */
   async getChunkInto(digest: string, into: Buffer): Promise<number> {
-    const name = fanout('chunks', digest);
+    const name = objectName('chunks', digest);
     if (this.store.getInto) return this.store.getInto(name, into);
     const obj = await this.store.get(name);
     if (obj.length > into.length) throw new Error(`chunk object ${digest} is larger than a chunk can be`);
@@ -188,7 +186,7 @@ export class Repository {
     return obj.length;
   }
   deleteChunk(digest: string): Promise<void> {
-    return this.store.delete(fanout('chunks', digest));
+    return this.store.delete(objectName('chunks', digest));
   }
   async *listChunks(): AsyncIterable<string> {
     for await (const name of this.store.list('chunks/')) {
@@ -198,7 +196,7 @@ export class Repository {
   }
 
   putPage(digest: string, object: Buffer, opts?: PutOptions): Promise<void> {
-    return this.store.put(fanout('pages', digest), object, opts);
+    return this.store.put(objectName('pages', digest), object, opts);
   }
 
   /** a batch of chunk and page puts made durable by one sync() */
@@ -206,10 +204,10 @@ export class Repository {
     return this.store.batch();
   }
   getPage(digest: string): Promise<Buffer> {
-    return this.store.get(fanout('pages', digest));
+    return this.store.get(objectName('pages', digest));
   }
   deletePage(digest: string): Promise<void> {
-    return this.store.delete(fanout('pages', digest));
+    return this.store.delete(objectName('pages', digest));
   }
   async *listPages(): AsyncIterable<string> {
     for await (const name of this.store.list('pages/')) {

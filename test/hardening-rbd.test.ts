@@ -4,6 +4,7 @@
  * the image no longer has allocated read as zeroes, not as the parent's old data. And one
  * over a parent that names a chunk verify found corrupt reads the image anew.
  */
+import type { ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes, createHash } from 'node:crypto';
@@ -16,8 +17,8 @@ import { verifyBackup } from '../gateway/engine/verify.js';
 
 const MiB = 1 << 20;
 
-cephTest('an RBD incremental over a parent without a change token is the image at its snapshot (discarded ranges read as zeroes)', async (t) => {
-  t.timeout(3 * 60_000);
+/** an 8 MiB RBD image of random data (removed at the end), registered as volume `r` of a fresh appliance */
+async function rbdVolume(t: ExecutionContext) {
   const c = await getCeph();
   const spec = `volumes/bgt-hard-${randomBytes(3).toString('hex')}`;
   const file = path.join(tmpDir(t), 'src.img');
@@ -29,6 +30,12 @@ cephTest('an RBD incremental over a parent without a change token is the image a
   });
   const app = await openApp(t, { chunkSize: MiB });
   await createVolume(app, { name: 'r', rbd: spec, cephConf: c.conf });
+  return { c, spec, file, app };
+}
+
+cephTest('an RBD incremental over a parent without a change token is the image at its snapshot (discarded ranges read as zeroes)', async (t) => {
+  t.timeout(3 * 60_000);
+  const { c, spec, app } = await rbdVolume(t);
   const full = await backup(app, 'r');
   t.truthy(full.change_token);
   // the parent as a backup not made by export-diff would be: no snapshot to diff against
@@ -52,17 +59,7 @@ cephTest('an RBD incremental over a parent without a change token is the image a
 
 cephTest('an RBD incremental never carries over a chunk that verify found corrupt: the block is read anew and both backups verify clean', async (t) => {
   t.timeout(3 * 60_000);
-  const c = await getCeph();
-  const spec = `volumes/bgt-hard-${randomBytes(3).toString('hex')}`;
-  const file = path.join(tmpDir(t), 'src.img');
-  fs.writeFileSync(file, randomBytes(8 * MiB));
-  await rbd(c, ['import', '--no-progress', file, spec]);
-  t.teardown(async () => {
-    await rbd(c, ['snap', 'purge', '--no-progress', spec]).catch(() => undefined);
-    await rbd(c, ['remove', '--no-progress', spec]).catch(() => undefined);
-  });
-  const app = await openApp(t, { chunkSize: MiB });
-  await createVolume(app, { name: 'r', rbd: spec, cephConf: c.conf });
+  const { file, app } = await rbdVolume(t);
   const full = await backup(app, 'r');
   const d = app.catalog.mapReader(full).entry(3)!;
   const obj = path.join(app.config.dataDir, 'repo', 'chunks', d.slice(0, 2), d);

@@ -10,7 +10,7 @@ import { pageChunkDigests } from '../../catalog/blockmap.js';
 import type { ChunkInfo } from '../../catalog/catalog.js';
 import type { Manifest } from '../../catalog/manifest.js';
 import { type BackupRecord, type VolumeRecord, now } from '../../catalog/records.js';
-import { CHUNK_HEADER, CHUNK_MAGIC } from '../../drivers/chunk.js';
+import { CHUNK_HEADER, CHUNK_MAGIC, objectName } from '../../drivers/chunk.js';
 import type { Appliance } from '../appliance.js';
 import { loadPage } from './gc.js';
 import { runWindow } from './pipeline.js';
@@ -45,7 +45,7 @@ export async function chunkEntries(app: Appliance, digests: Iterable<string>, si
   await runWindow(want, 16, async (d) => {
     const size = sizes!.get(d);
     if (size === undefined) throw new Error(`chunk ${d} is missing from the repository`);
-    const head = await app.repo.store.getRange(`chunks/${d.slice(0, 2)}/${d}`, 0, CHUNK_HEADER);
+    const head = await app.repo.store.getRange(objectName('chunks', d), 0, CHUNK_HEADER);
     if (head.length < CHUNK_HEADER || !head.subarray(0, 4).equals(CHUNK_MAGIC)) throw new Error(`chunk ${d} has no valid header`);
     out.set(d, { s: size, c: head[5]!, n: head.readUInt32BE(8) });
   });

@@ -128,7 +128,7 @@ export class ChunkSink {
             const enc = await pool.encode(this.slots[slot]!, len, repo.config.codec, this.outs[slot]!, h.digest);
             this.slots[slot] = enc.buf;
             this.outs[slot] = enc.out;
-            // durable in one batch at the end; the index entry is added only after that
+            // durable with this batch at the next commit of the index, which adds its entry only then
             await repo.putChunk(h.digest, enc.object, { batch: this.batch });
             this.unindexed.push([h.digest, { s: enc.object.length, c: CODEC_ID[enc.codec], n: len }]);
             this.stats.new_chunks++;
@@ -184,9 +184,11 @@ export class ChunkSink {
     const { catalog } = this.app;
     const chunks = this.unindexed.splice(0);
     const pages = [...this.unstoredPages];
-    for (const [d] of chunks) catalog.clearCorrupt(d); // written anew: whole again
     await catalog.env.transaction(() => {
-      for (const [d, info] of chunks) catalog.chunks.put(d, info);
+      for (const [d, info] of chunks) {
+        catalog.chunks.put(d, info);
+        catalog.clearCorrupt(d); // written anew: whole again
+      }
       for (const [d, bytes] of pages) catalog.pages.put(d, bytes);
     });
     this.unstoredPages.clear();

@@ -22,18 +22,32 @@ export function knownEpoch(app: Appliance): string {
   return (app.catalog.meta.get(EPOCH_KEY) as string | undefined) ?? '';
 }
 
-/** Brings the catalog up to the repository's epoch; null when it already is. */
-export async function followRepository(app: Appliance, epoch?: string): Promise<FollowReport | null> {
+/** What the repository holds: manifest ids, chunk and page digests. */
+export interface RepositoryListing {
+  manifests: Set<string>;
+  chunks: Set<string>;
+  pages: Set<string>;
+}
+
+async function listRepository(app: Appliance): Promise<RepositoryListing> {
+  const { repo } = app;
+  const out: RepositoryListing = { manifests: new Set(), chunks: new Set(), pages: new Set() };
+  for await (const id of repo.listManifests()) out.manifests.add(id);
+  for await (const d of repo.listChunks()) out.chunks.add(d);
+  for await (const d of repo.listPages()) out.pages.add(d);
+  return out;
+}
+
+/**
+ * Brings the catalog up to the repository's epoch; null when it already is. `listing`: what
+ * the caller has just listed (a GC), so the repository is not listed a second time.
+ */
+export async function followRepository(app: Appliance, epoch?: string, listing?: RepositoryListing): Promise<FollowReport | null> {
   const { catalog, repo } = app;
   epoch ??= await readEpoch(repo.store);
   if (epoch === knownEpoch(app)) return null;
   const report: FollowReport = { epoch, droppedChunks: 0, droppedPages: 0, deletedBackups: [] };
-  const manifests = new Set<string>();
-  for await (const id of repo.listManifests()) manifests.add(id);
-  const chunks = new Set<string>();
-  for await (const d of repo.listChunks()) chunks.add(d);
-  const pages = new Set<string>();
-  for await (const d of repo.listPages()) pages.add(d);
+  const { manifests, chunks, pages } = listing ?? (await listRepository(app));
   await catalog.env.transaction(() => {
     for (const { value: b } of catalog.backups.getRange({})) {
       if (b.status !== 'available' || manifests.has(b.id)) continue;

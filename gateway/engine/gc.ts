@@ -94,6 +94,7 @@ async function markAndSweep(app: Appliance, epoch: string, opts: GcOptions): Pro
   opts.onPhase?.('mark');
   const livePages = new Set<string>();
   const liveChunks = new Set<string>();
+  const manifests = new Set<string>();
   for await (const id of repo.listManifests()) {
     let data: Buffer;
     try {
@@ -103,6 +104,7 @@ async function markAndSweep(app: Appliance, epoch: string, opts: GcOptions): Pro
       throw e;
     }
     const { manifest } = decodeManifest(data, id);
+    manifests.add(id);
     report.liveBackups++;
     for (const pd of manifest.map.pages) {
       if (livePages.has(pd)) continue;
@@ -117,8 +119,8 @@ async function markAndSweep(app: Appliance, epoch: string, opts: GcOptions): Pro
   const pages = await sweep(app, 'pages', livePages, cutoff, report);
   report.removedChunks = chunks.removed;
   report.removedPages = pages.removed;
-  // this catalog now matches the repository at the new epoch
-  await followRepository(app, epoch);
+  // this catalog now matches the repository at the new epoch (from what the GC just listed)
+  await followRepository(app, epoch, { manifests, chunks: chunks.kept, pages: pages.kept });
   return report;
 }
 
@@ -128,10 +130,11 @@ const SWEEP_BATCH = 256;
  * Removes the unmarked objects of one kind, in batches: the index entries of a batch in one
  * transaction (committed), then its objects, a few at a time.
  */
-async function sweep(app: Appliance, kind: 'chunks' | 'pages', live: Set<string>, cutoff: number, report: GcReport): Promise<{ removed: number }> {
+async function sweep(app: Appliance, kind: 'chunks' | 'pages', live: Set<string>, cutoff: number, report: GcReport): Promise<{ removed: number; kept: Set<string> }> {
   const index = kind === 'chunks' ? app.catalog.chunks : app.catalog.pages;
   const remove = (d: string) => (kind === 'chunks' ? app.repo.deleteChunk(d) : app.repo.deletePage(d));
   let removed = 0;
+  const kept = new Set<string>();
   let batch: string[] = [];
   const flush = async () => {
     const todo = batch;
@@ -144,9 +147,14 @@ async function sweep(app: Appliance, kind: 'chunks' | 'pages', live: Set<string>
   };
   for await (const o of app.repo.store.listInfo(`${kind}/`)) {
     const d = o.name.slice(o.name.lastIndexOf('/') + 1);
-    if (!/^[0-9a-f]{64}$/.test(d) || live.has(d)) continue;
+    if (!/^[0-9a-f]{64}$/.test(d)) continue;
+    if (live.has(d)) {
+      kept.add(d);
+      continue;
+    }
     if (o.mtimeMs > cutoff) {
       report.keptYoung++;
+      kept.add(d);
       continue;
     }
     batch.push(d);
@@ -154,7 +162,7 @@ async function sweep(app: Appliance, kind: 'chunks' | 'pages', live: Set<string>
     if (batch.length >= SWEEP_BATCH) await flush();
   }
   if (batch.length) await flush();
-  return { removed };
+  return { removed, kept };
 }
 
 /** A page's entries: from the catalog when it has them, else from the repository (verified). */

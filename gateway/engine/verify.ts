@@ -34,7 +34,7 @@ import fs from 'node:fs/promises';
 import { ConflictError } from '../../catalog/catalog.js';
 import { PAGE_ENTRIES, rootDigests } from '../../catalog/blockmap.js';
 import { type BackupRecord, type VerifyFailure, now } from '../../catalog/records.js';
-import { CHUNK_HEADER, DIGEST_BYTES } from '../../drivers/chunk.js';
+import { CHUNK_HEADER, DIGEST_BYTES, objectName } from '../../drivers/chunk.js';
 import { ObjectNotFoundError, type ObjectStore } from '../../drivers/store/types.js';
 import type { Appliance } from '../appliance.js';
 import { RepoChunkReader } from '../read/chunk-reader.js';
@@ -141,8 +141,6 @@ function isDataError(e: unknown): boolean {
   const code = (e as NodeJS.ErrnoException)?.code;
   return name === 'ChunkCorruptError' || name === 'ObjectNotFoundError' || code === 'ENOENT' || code === 'EIO';
 }
-
-const chunkObjectName = (d: string): string => `chunks/${d.slice(0, 2)}/${d}`;
 
 /**
  * Whether an object exists with the expected size: null if so, else why not. A local store
@@ -252,7 +250,7 @@ async function verifyHeld(app: Appliance, b: BackupRecord, opts: VerifyOptions):
     const info = catalog.chunk(d);
     const indexed = !!info;
     if (opts.quick) {
-      const error = await checkStoredSize(repo.store, chunkObjectName(d), d, info?.s);
+      const error = await checkStoredSize(repo.store, objectName('chunks', d), d, info?.s);
       return { error, n: error ? -1 : info!.n, indexed };
     }
     try {
