@@ -13,6 +13,8 @@ import { FileVolume } from '../drivers/volume/file.js';
 import { RbdVolume } from '../drivers/volume/rbd.js';
 import type { VolumeDriver } from '../drivers/volume/types.js';
 import type { BackupRecord, VolumeRecord } from '../catalog/records.js';
+import os from 'node:os';
+import { EventBus } from './events/bus.js';
 import { followRepository } from './engine/follow.js';
 import { repoSecrets } from './repo-secrets.js';
 import { type ApplianceConfig, type RepoDriverConfig, type S3RepoConfig, loadConfig } from './config.js';
@@ -45,6 +47,8 @@ export function registerVolumeDriver(name: string, f: VolumeDriverFactory): void
 
 export class Appliance {
   private poolInstance?: ChunkWorkerPool;
+  /** every event of this process (jobs, exports, GC, verify); sinks are added from the config */
+  readonly events = new EventBus(os.hostname());
 
   private constructor(
     readonly config: ApplianceConfig,
@@ -101,6 +105,7 @@ export class Appliance {
   }
 
   async close(): Promise<void> {
+    await this.events.close();
     await this.poolInstance?.close();
     await this.repo.store.close?.();
     await this.catalog.close();
