@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { Appliance } from '../../gateway/appliance.js';
 import { loadConfig } from '../../gateway/config.js';
+import { checkName } from '../../gateway/names.js';
 import { Daemon, InsecureListenError, makeLogger, nbdUris } from '../../gateway/daemon.js';
 import { BackupExports, OVERLAY_SUFFIX, type OverlaySaveRequest, overlaySaveKey } from '../../gateway/exports/backups.js';
 import { ConflictError, NotFoundError } from '../../catalog/catalog.js';
@@ -27,8 +28,10 @@ export function serveCommands(program: Command, g: () => Globals): void {
     .option('--tls-key <file>', 'private key (PEM) for NBD TLS')
     .option('--tls-ca <file>', 'CA to verify client certificates')
     .option('--tls-required', 'refuse clients that do not start TLS')
-    .action(async (o: { nbdHost?: string; nbdPort?: string; nbdSocket?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsRequired?: boolean }) => {
+    .option('--node <name>', 'this node\'s name in a cluster of nodes sharing the repository and Kafka (default: node in blockgate.json, or the host name)')
+    .action(async (o: { node?: string; nbdHost?: string; nbdPort?: string; nbdSocket?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsRequired?: boolean }) => {
       const cfg = loadConfig(g().dataDir);
+      if (o.node !== undefined) cfg.node = checkName('node', o.node);
       const log = makeLogger();
       if ((o.tlsCert && !o.tlsKey) || (!o.tlsCert && o.tlsKey)) throw new UsageError('--tls-cert and --tls-key go together');
       // options override nbd.tls of blockgate.json
@@ -36,6 +39,7 @@ export function serveCommands(program: Command, g: () => Globals): void {
       const tls = o.tlsCert && o.tlsKey ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa ?? fileTls?.ca, required: o.tlsRequired ?? fileTls?.required } : fileTls ? { ...fileTls, ...(o.tlsCa ? { ca: o.tlsCa } : {}), ...(o.tlsRequired ? { required: true } : {}) } : undefined;
       if (!tls && (o.tlsCa || o.tlsRequired)) throw new UsageError('--tls-ca and --tls-required need --tls-cert and --tls-key (or nbd.tls in blockgate.json)');
       const app = await Appliance.open(cfg);
+      app.shipEvents((level, fields, msg) => log[level](fields, msg));
       const daemon = new Daemon(
         app,
         {
