@@ -13,6 +13,8 @@ import { EventLog, encodeLine, listSegments, segmentName } from '../gateway/even
 import { LogTail } from '../gateway/events/tail.js';
 import { CLI, cli, mixedContent, openApp, tmpDir } from './helpers/core.js';
 import { until } from './helpers/kafka.js';
+import { backup, volumeFrom } from './helpers/engine.js';
+import { run, startDaemon } from './helpers/daemon.js';
 
 function logAt(dir: string, maxBytes = 64 * 1024 * 1024): { bus: EventBus; log: EventLog } {
   const bus = new EventBus('node-a');
@@ -170,4 +172,27 @@ test("the engine's own events land in the log from the CLI: verify.end, prune.en
     events.map((e) => e.type).filter((x) => ['verify.end', 'prune.end', 'gc.end'].includes(x)),
     ['verify.end', 'prune.end', 'gc.end'],
   );
+});
+
+test('the daemon logs export.attach and export.detach when an NBD client opens and closes a backup', async (t) => {
+  const app = await openApp(t);
+  await volumeFrom(app, 'v', mixedContent(256 * 1024, 64 * 1024));
+  const b = await backup(app, 'v', { name: 'nightly' });
+  const dataDir = app.config.dataDir;
+  await app.close();
+  const d = await startDaemon(t, dataDir);
+  await run('nbdinfo', ['--size', d.uri(b.id)]);
+  const events = await until(async () => {
+    const r = await cli(dataDir, ['-f', 'json', 'events', '--type', 'export.*']);
+    const list = r.stdout.trim() ? r.stdout.trim().split('\n').map((l) => JSON.parse(l) as BlockgateEvent) : [];
+    return list.length >= 2 ? list : null;
+  }, 20_000, 'attach and detach events');
+  t.deepEqual(
+    events.map((e) => [e.type, e.resource]),
+    [
+      ['export.attach', b.id],
+      ['export.detach', b.id],
+    ],
+  );
+  t.is(events[0]!.payload.size, 256 * 1024);
 });
