@@ -8,6 +8,7 @@ import { extraCommands } from './cli/extra.js';
 import { recordCommands } from './cli/records.js';
 import { repoKeyCommands } from './cli/repo-keys.js';
 import { eventsCommands } from './cli/events.js';
+import { nodeCommands } from './cli/nodes.js';
 
 // belt and braces: whatever a module creates without an explicit mode is private too
 process.umask(0o077);
@@ -33,6 +34,7 @@ extraCommands(program, globals);
 recordCommands(program, globals);
 repoKeyCommands(program, globals);
 eventsCommands(program, globals);
+nodeCommands(program, globals);
 
 try {
   await program.parseAsync(process.argv);
