@@ -3,8 +3,6 @@ import { spawn } from 'node:child_process';
 import type { Command } from 'commander';
 import { ownerHere } from '../../catalog/catalog.js';
 import { processStart } from '../../drivers/process-identity.js';
-import { Appliance } from '../../gateway/appliance.js';
-import { loadConfig } from '../../gateway/config.js';
 import { runBackup, startBackup } from '../../gateway/engine/backup.js';
 import { deleteBackup } from '../../gateway/engine/delete.js';
 import { collectGarbage } from '../../gateway/engine/gc.js';
@@ -13,22 +11,11 @@ import { prepareRestoreToNewRbd } from '../../gateway/engine/restore-rbd.js';
 import { createVolume, deleteVolume, setAttached } from '../../gateway/engine/volumes.js';
 import { repoInfo } from '../../gateway/engine/repo-info.js';
 import { parseSize } from '../../gateway/size.js';
-import { type Format, UsageError, printRecord, printRows, progressBar } from './output.js';
+import { UsageError, printRecord, printRows, progressBar } from './output.js';
 import { type InstantRestoreOptions, instantRestore, instantRestoreOptions } from './instant.js';
+import { type Globals, withApp } from './context.js';
 
-export interface Globals {
-  dataDir?: string;
-  format: Format;
-}
-
-export async function withApp<T>(g: Globals, fn: (app: Appliance) => Promise<T>): Promise<T> {
-  const app = await Appliance.open(loadConfig(g.dataDir));
-  try {
-    return await fn(app);
-  } finally {
-    await app.close();
-  }
-}
+export { type Globals, withApp } from './context.js';
 
 function duration(text: string): number {
   const m = /^(\d+(?:\.\d+)?)(s|m|h|d)?$/.exec(text.trim());
