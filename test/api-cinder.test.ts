@@ -109,7 +109,7 @@ test('cinder and openstack: volumes, full and incremental backups, list/show/upd
   await until('the deleted backup to be gone', async () => ((await http(d, 'GET', `/v3/backups/${forced.id}`)).status === 404 ? true : undefined));
   t.regex((await admin(['backup-show', 'forced'])).stderr, /No volumebackup with a name or ID of 'forced' exists/);
   const vols = listTable(await ok(admin(['list'])));
-  t.deepEqual(vols.map((v) => v.Name).sort(), [`restore_backup_${inc.id}`, 'r-full', 'spare', 'vol1']);
+  t.deepEqual(vols.map((v) => v.Name).sort(), ['r-full', `restore_backup_${inc.id}`, 'spare', 'vol1']);
 });
 
 test('projects cannot see each other, an admin lists all tenants, quotas refuse a create, service-list', async (t) => {

@@ -70,7 +70,7 @@ export interface Run {
 
 function run(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(cmd, args, { env: { ...process.env, ...env }, maxBuffer: 16 * 1024 * 1024, timeout: 120_000 }, (err, stdout, stderr) => {
+    execFile(cmd, args, { env, maxBuffer: 16 * 1024 * 1024, timeout: 120_000 }, (err, stdout, stderr) => {
       resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
     });
   });
@@ -80,7 +80,9 @@ function run(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<Run> 
 function clientEnv(d: ApiDaemon): NodeJS.ProcessEnv {
   const home = path.join(d.dataDir, '..', 'client-home');
   fs.mkdirSync(home, { recursive: true });
-  return { HOME: home, CINDERCLIENT_UUID_CACHE_DIR: path.join(home, 'cache'), OS_AUTH_TYPE: '', OS_ENDPOINT: '', OS_PROJECT_ID: '', OS_USER_ID: '' };
+  const env: NodeJS.ProcessEnv = { ...process.env, HOME: home, CINDERCLIENT_UUID_CACHE_DIR: path.join(home, 'cache') };
+  for (const k of Object.keys(env)) if (k.startsWith('OS_') || k === 'CINDER_ENDPOINT') delete env[k];
+  return env;
 }
 
 /** `cinder --os-auth-type noauth --os-user-id USER --os-project-id PROJECT --os-endpoint URL/v3 ...` */
