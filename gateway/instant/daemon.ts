@@ -5,6 +5,7 @@
  * resume at the next start).
  */
 import { type Daemon, nbdUris } from '../daemon.js';
+import { instantEvents, instantProgress } from '../events/emitters.js';
 import { parseSize } from '../size.js';
 import { BadRequestError, ControlServer, controlSocketPath } from './control.js';
 import { InstantRestores, type StartRequest } from './sessions.js';
@@ -16,10 +17,10 @@ export const instantOf = new WeakMap<Daemon, InstantRestores>();
 export const controlRoutes = new Map<string, (method: string, parts: string[], body: Record<string, unknown>) => Promise<unknown>>();
 
 export async function installInstantRestore(d: Daemon): Promise<InstantRestores> {
-  const log = (event: string, fields: Record<string, unknown>) => {
+  const log = instantEvents(d.app.events, (event: string, fields: Record<string, unknown>) => {
     if (event.startsWith('hydrate-copy') || event === 'hydrate-sync-failed') d.log.warn({ event, ...fields }, event);
     else d.log.info({ event, ...fields }, event);
-  };
+  });
   const uris = (name: string) => nbdUris(d.opts.host, d.port || d.opts.port, d.opts.socket, name);
   const mgr = new InstantRestores(d.app, d.chunks, uris, log);
   instantOf.set(d, mgr);
@@ -30,7 +31,9 @@ export async function installInstantRestore(d: Daemon): Promise<InstantRestores>
     return mgr;
   }
   await mgr.resumeAll();
+  const stopProgress = instantProgress(d.app.events, () => mgr.views());
   d.onStop(async () => {
+    stopProgress();
     await control.close();
     await mgr.stopAll();
   });

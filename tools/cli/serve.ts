@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { Appliance } from '../../gateway/appliance.js';
 import { loadConfig } from '../../gateway/config.js';
+import { checkName } from '../../gateway/names.js';
 import { Daemon, InsecureListenError, makeLogger, nbdUris } from '../../gateway/daemon.js';
 import { DEFAULT_API_PORT, apiSection, startService } from '../../gateway/api/install.js';
 import { InsecureApiError } from '../../gateway/api/server.js';
@@ -29,13 +30,15 @@ export function serveCommands(program: Command, g: () => Globals): void {
     .option('--tls-key <file>', 'private key (PEM) for NBD TLS')
     .option('--tls-ca <file>', 'CA to verify client certificates')
     .option('--tls-required', 'refuse clients that do not start TLS')
+    .option('--node <name>', 'this node\'s name in a cluster of nodes sharing the repository and Kafka (default: node in blockgate.json, or the host name)')
     .option('--api-host <host>', 'address of the Cinder v3 API (default 127.0.0.1)')
     .option('--api-port <port>', `TCP port of the API (default ${DEFAULT_API_PORT}; 0 = any free port)`)
     .option('--api-tls-cert <file>', 'x509 certificate (PEM): serve the API over HTTPS')
     .option('--api-tls-key <file>', 'its private key (PEM)')
     .option('--workers <n>', 'backups, restores and deletes run at once (Cinder backup_max_operations; default 2)')
-    .action(async (o: { nbdHost?: string; nbdPort?: string; nbdSocket?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsRequired?: boolean; apiHost?: string; apiPort?: string; apiTlsCert?: string; apiTlsKey?: string; workers?: string }) => {
+    .action(async (o: { node?: string; nbdHost?: string; nbdPort?: string; nbdSocket?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsRequired?: boolean; apiHost?: string; apiPort?: string; apiTlsCert?: string; apiTlsKey?: string; workers?: string }) => {
       const cfg = loadConfig(g().dataDir);
+      if (o.node !== undefined) cfg.node = checkName('node', o.node);
       const log = makeLogger();
       const api = apiSection((cfg as unknown as { api?: unknown }).api, cfg.dataDir);
       if (!!o.apiTlsCert !== !!o.apiTlsKey) throw new UsageError('--api-tls-cert and --api-tls-key go together');
@@ -60,6 +63,7 @@ export function serveCommands(program: Command, g: () => Globals): void {
       const tls = o.tlsCert && o.tlsKey ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa ?? fileTls?.ca, required: o.tlsRequired ?? fileTls?.required } : fileTls ? { ...fileTls, ...(o.tlsCa ? { ca: o.tlsCa } : {}), ...(o.tlsRequired ? { required: true } : {}) } : undefined;
       if (!tls && (o.tlsCa || o.tlsRequired)) throw new UsageError('--tls-ca and --tls-required need --tls-cert and --tls-key (or nbd.tls in blockgate.json)');
       const app = await Appliance.open(cfg);
+      app.shipEvents((level, fields, msg) => log[level](fields, msg));
       const daemon = new Daemon(
         app,
         {
