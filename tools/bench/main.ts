@@ -15,6 +15,7 @@ import { benchEncryption } from './encryption.js';
 import { benchMemory } from './memory.js';
 import { SUITE as REPO_SCALE, type ScaleRow, benchRepo } from './repo.js';
 import { ROUNDS, machine } from './stats.js';
+import { benchEvents } from './events.js';
 
 const work = path.resolve(process.env.BENCH_DIR ?? '.bench');
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 2048);
@@ -31,6 +32,7 @@ const suites: Record<string, (work: string, sizeMiB: number) => Promise<Row[]>> 
   [REPO_SCALE]: benchRepo,
   encryption: benchEncryption,
   memory: (work) => benchMemory(work),
+  events: (work) => benchEvents(work),
 };
 const only = process.argv.slice(2);
 const rows: Row[] = [];
