@@ -52,8 +52,9 @@ test.serial('three nodes on one S3 repository and one broker: service list, cata
   }
   const daemons: Record<string, RunningDaemon> = {};
   // the first creates the repository; the others attach to it
-  daemons.a = await startDaemon(t, dirs.a!);
-  [daemons.b, daemons.c] = await Promise.all([startDaemon(t, dirs.b!), startDaemon(t, dirs.c!)]);
+  const api = ['--api-port', '0'];
+  daemons.a = await startDaemon(t, dirs.a!, api);
+  [daemons.b, daemons.c] = await Promise.all([startDaemon(t, dirs.b!, api), startDaemon(t, dirs.c!, api)]);
 
   const services = async (n: string) => cliJson<Row[]>(dirs[n]!, ['service', 'list']);
   const statusOf = (rows: Row[]) => Object.fromEntries(rows.map((r) => [r.node, r.status]));
@@ -64,6 +65,15 @@ test.serial('three nodes on one S3 repository and one broker: service list, cata
     }, 30_000, `node ${n} sees three nodes up`);
     t.deepEqual(statusOf(rows), { a: 'up', b: 'up', c: 'up' });
   }
+  // the Cinder API's os-services of node a lists the three nodes too
+  const apiPort = await until(() => daemons.a!.log.map((l) => /"event":"api-listening".*"port":(\d+)/.exec(l)).find(Boolean)?.[1], 20_000, "a's API port");
+  const osServices = await until(async () => {
+    const r = await fetch(`http://127.0.0.1:${apiPort}/v3/admin/os-services`, { headers: { 'X-Auth-Token': 'admin:admin' } });
+    const j = (await r.json()) as { services: { host: string; state: string; binary: string }[] };
+    return j.services.filter((s) => s.state === 'up').length === 3 ? j.services : null;
+  }, 20_000, 'os-services on a lists three nodes up');
+  t.deepEqual(osServices.map((s) => s.host).sort(), ['a', 'b', 'c']);
+  t.true(osServices.every((s) => s.binary === 'cinder-backup'));
 
   // a backup made on a: b and c list it, as available, soon after its commit
   const data = mixedContent(1024 * 1024, CS);

@@ -66,6 +66,8 @@ export interface HeartbeatOptions {
   kafka?: { brokers: string; topic: string; heartbeatMs: number; nodeTimeoutMs: number };
   bus: EventBus;
   load?: () => { workers: number; running: number };
+  /** another node's heartbeat arrived (the service list of the API is fed from here) */
+  onPeer?: (hb: Heartbeat) => void;
   log: (level: 'info' | 'warn', fields: Record<string, unknown>, msg: string) => void;
 }
 
@@ -133,6 +135,11 @@ export class Heartbeats {
     }
     if (hb.node === this.opts.node && hb.pid === process.pid) return;
     this.note(hb);
+    try {
+      this.opts.onPeer?.(hb);
+    } catch (e) {
+      this.opts.log('warn', { event: 'heartbeat-record-failed', error: (e as Error).message }, `cannot record the heartbeat of ${hb.node}: ${(e as Error).message}`);
+    }
   }
 
   private note(hb: Heartbeat): void {

@@ -1,5 +1,4 @@
 /**
- * The daemon as a node (heartbeats, catalog following other nodes; gateway/nodes/) and
  * `blockgate service list`: every node with up/down from the heartbeats, as this data dir's
  * daemon last saw them (Cinder's `openstack volume service list` for the backup service).
  */
@@ -7,15 +6,8 @@ import os from 'node:os';
 import type { Command } from 'commander';
 import { loadConfig } from '../../gateway/config.js';
 import { readServiceList } from '../../gateway/nodes/heartbeat.js';
-import { startNode } from '../../gateway/nodes/node.js';
 import type { Globals } from './commands.js';
 import { printRows } from './output.js';
-import { onDaemonStart } from './serve.js';
-
-onDaemonStart(async (d) => {
-  const node = await startNode(d.app, (level, fields, msg) => d.log[level](fields, msg));
-  d.onStop(() => node.stop());
-});
 
 export function nodeCommands(program: Command, g: () => Globals): void {
   const svc = program.command('service').description('the nodes of this appliance (several daemons sharing one repository and Kafka)');
