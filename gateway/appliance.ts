@@ -16,6 +16,7 @@ import type { BackupRecord, VolumeRecord } from '../catalog/records.js';
 import os from 'node:os';
 import { EventBus } from './events/bus.js';
 import { followRepository } from './engine/follow.js';
+import { followPacks } from './engine/repack.js';
 import { repoSecrets } from './repo-secrets.js';
 import { type ApplianceConfig, type RepoDriverConfig, type S3RepoConfig, loadConfig } from './config.js';
 
@@ -62,7 +63,7 @@ export class Appliance {
     const store = await openStore(config.repository);
     let repo: Repository;
     try {
-      repo = await Repository.openOrCreate(store, { chunkSize: config.chunkSize, codec: config.codec }, repoSecrets(config));
+      repo = await Repository.openOrCreate(store, { chunkSize: config.chunkSize, codec: config.codec, packSize: config.packSize }, repoSecrets(config));
     } catch (e) {
       await store.close?.();
       throw e;
@@ -77,6 +78,13 @@ export class Appliance {
       throw e;
     }
     const app = new Appliance(config, catalog, repo);
+    repo.locator = (kind, d) => {
+      const c = kind === 'chunks' ? catalog.chunks.get(d) : catalog.pageLocs.get(d);
+      return c?.p ? { pack: c.p, offset: c.o ?? 0, length: c.s } : null;
+    };
+    repo.relocator = async () => {
+      await followPacks(app);
+    };
     try {
       // a backup whose process died before its commit may have left its manifest: it names nothing committed
       for (const b of settled) if (b.status === 'error') await repo.deleteManifest(b.id);

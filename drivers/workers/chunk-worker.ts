@@ -4,7 +4,7 @@
  * ArrayBuffers, so nothing is copied between threads.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { MAX_CHUNK, OBJECT_OVERHEAD, ChunkCorruptError, type Sealing, decodeChunk, encodeChunk, isAllZero } from '../chunk.js';
 import { type RepoKeys, contentDigest } from '../crypto.js';
 
@@ -18,7 +18,7 @@ export type ChunkTask =
   | { id: number; op: 'hash'; buf: ArrayBuffer; length: number }
   | { id: number; op: 'encode'; buf: ArrayBuffer; length: number; codec: CodecName; out: ArrayBuffer; digest: string }
   | { id: number; op: 'decode'; object: ArrayBuffer; offset: number; length: number; digest: string; out?: ArrayBuffer }
-  | { id: number; op: 'decodeFile'; path: string; digest: string };
+  | { id: number; op: 'decodeFile'; path: string; digest: string; offset: number; length: number };
 
 export type ChunkResult =
   | { id: number; ok: true; buf?: ArrayBuffer; digest?: string; zero?: boolean; out?: ArrayBuffer; outLength?: number; codec?: CodecName; plain?: ArrayBuffer }
@@ -51,17 +51,30 @@ parentPort!.on('message', (t: ChunkTask) => {
       try {
         const fd = openSync(t.path, 'r');
         try {
-          // no chunk object is larger than its header and the largest chunk: never read more
-          const size = fstatSync(fd).size;
-          if (size > OBJECT_OVERHEAD + MAX_CHUNK) throw new ChunkCorruptError(t.digest, `object of ${size} bytes is larger than any chunk`);
-          object = readFileSync(fd);
+          if (t.length >= 0) {
+            // a blob of a pack: one pread of its range (a short read is a truncated pack)
+            if (t.length > OBJECT_OVERHEAD + MAX_CHUNK) throw new ChunkCorruptError(t.digest, `blob of ${t.length} bytes is larger than any chunk`);
+            object = Buffer.allocUnsafe(t.length);
+            let n = 0;
+            while (n < t.length) {
+              const got = readSync(fd, object, n, t.length - n, t.offset + n);
+              if (got === 0) break;
+              n += got;
+            }
+            object = object.subarray(0, n);
+          } else {
+            // no chunk object is larger than its header and the largest chunk: never read more
+            const size = fstatSync(fd).size;
+            if (size > OBJECT_OVERHEAD + MAX_CHUNK) throw new ChunkCorruptError(t.digest, `object of ${size} bytes is larger than any chunk`);
+            object = readFileSync(fd);
+          }
         } finally {
           closeSync(fd);
         }
       } catch (e) {
         if (e instanceof ChunkCorruptError) throw e;
         const code = (e as NodeJS.ErrnoException).code;
-        parentPort!.postMessage({ id: t.id, ok: false, error: code === 'ENOENT' ? `chunk ${t.digest} is missing from the repository` : (e as Error).message, name: code === 'ENOENT' ? 'ObjectNotFoundError' : 'Error' } satisfies ChunkResult);
+        parentPort!.postMessage({ id: t.id, ok: false, error: code === 'ENOENT' ? (t.length >= 0 ? `chunk ${t.digest}: its pack is missing from the repository` : `chunk ${t.digest} is missing from the repository`) : (e as Error).message, name: code === 'ENOENT' ? 'ObjectNotFoundError' : 'Error' } satisfies ChunkResult);
         return;
       }
       const plain = own(decodeChunk(object, t.digest, sealing));

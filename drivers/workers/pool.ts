@@ -146,9 +146,9 @@ export class ChunkWorkerPool {
     return Buffer.from(r.plain!);
   }
 
-  /** Reads a chunk object from a local file, decodes and verifies it, all in the worker. */
-  async decodeFile(path: string, digest: string): Promise<Buffer> {
-    const r = await this.run({ op: 'decodeFile', path, digest }, []);
+  /** Reads a chunk object from a local file (whole, or `length` bytes at `offset` of a pack), decodes and verifies it, all in the worker. */
+  async decodeFile(path: string, digest: string, offset = 0, length = -1): Promise<Buffer> {
+    const r = await this.run({ op: 'decodeFile', path, digest, offset, length }, []);
     return Buffer.from(r.plain!);
   }
 

@@ -3,13 +3,15 @@
  * bound), hashing and zero detection off the event loop, deduplication against the chunk
  * index, compression and writing of unknown chunks, and the block map built page by page.
  */
-import { MapBuilder, PAGE_ENTRIES, type NewPage } from '../../catalog/blockmap.js';
+import { MapBuilder, type NewPage } from '../../catalog/blockmap.js';
 import { CODEC_ID } from '../../drivers/codec.js';
 import { OBJECT_OVERHEAD } from '../../drivers/chunk.js';
 import type { Appliance } from '../appliance.js';
 import type { ChunkInfo } from '../../catalog/catalog.js';
 import { LowWater } from './pipeline.js';
 import type { WriteBatch } from '../../drivers/store/types.js';
+import { PackWriter, type WrittenPack } from '../../drivers/pack-writer.js';
+import { indexPack } from './pack-index.js';
 
 export interface SinkStats {
   object_count: number;
@@ -35,6 +37,8 @@ export class ChunkSink {
   private readonly unstoredPages = new Map<string, Buffer>();
   /** this backup's own write batch: its sync covers exactly the objects this backup wrote */
   private readonly batch: WriteBatch;
+  /** a packed repository: chunks and pages are appended to packs (drivers/pack-writer.ts) */
+  private readonly packs: PackWriter | null;
 
   /**
    * @param sequential chunks are put in index order (a whole-volume read): finished map
@@ -51,6 +55,12 @@ export class ChunkSink {
     this.outs = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize + OBJECT_OVERHEAD));
     this.free = Array.from({ length: depth }, (_, i) => i);
     this.batch = app.repo.batch();
+    this.packs = app.repo.packed ? new PackWriter(app.repo, this.batch) : null;
+  }
+
+  /** packs written by this backup so far */
+  get packCount(): number {
+    return this.packs?.packCount ?? 0;
   }
 
   /** the first error of any chunk so far; the producer should stop */
@@ -73,7 +83,10 @@ export class ChunkSink {
   peakUnindexed = 0;
 
   async acquire(): Promise<number> {
-    if ((this.unindexed.length + this.unstoredPages.size >= ChunkSink.commitEvery || this.unstoredPageBytes >= ChunkSink.commitPageBytes) && !this.failed) await this.commitWritten();
+    const due = this.packs
+      ? this.packs.writtenCount > 0 // a packed repository indexes each pack once it is written
+      : this.unindexed.length + this.unstoredPages.size >= ChunkSink.commitEvery || this.unstoredPageBytes >= ChunkSink.commitPageBytes;
+    if (due && !this.failed) await this.commitWritten();
     const slot = this.free.pop();
     if (slot !== undefined) return slot;
     return new Promise((resolve) => this.waiters.push(resolve));
@@ -129,8 +142,12 @@ export class ChunkSink {
             this.slots[slot] = enc.buf;
             this.outs[slot] = enc.out;
             // durable with this batch at the next commit of the index, which adds its entry only then
-            await repo.putChunk(h.digest, enc.object, { batch: this.batch });
-            this.unindexed.push([h.digest, { s: enc.object.length, c: CODEC_ID[enc.codec], n: len }]);
+            if (this.packs) {
+              await this.packs.add('chunks', h.digest, enc.object, len, CODEC_ID[enc.codec]);
+            } else {
+              await repo.putChunk(h.digest, enc.object, { batch: this.batch });
+              this.unindexed.push([h.digest, { s: enc.object.length, c: CODEC_ID[enc.codec], n: len }]);
+            }
             this.stats.new_chunks++;
             this.stats.new_bytes += enc.object.length;
           })();
@@ -142,7 +159,7 @@ export class ChunkSink {
     }
     if (this.sequential) {
       const lw = this.low.complete(i);
-      this.flushPages(this.builder.takeFinishedPages(Math.floor(lw / PAGE_ENTRIES)));
+      this.flushPages(this.builder.takeFinishedPages(Math.floor(lw / this.builder.entries)));
     }
   }
 
@@ -155,7 +172,8 @@ export class ChunkSink {
     if (this.app.catalog.pages.get(p.digest) || this.unstoredPages.has(p.digest)) return Promise.resolve();
     this.unstoredPages.set(p.digest, p.bytes);
     this.unstoredPageBytes += p.bytes.length;
-    const job = this.app.repo.putPage(p.digest, this.app.repo.encodePage(p.bytes, p.digest), { batch: this.batch });
+    const object = this.app.repo.encodePage(p.bytes, p.digest);
+    const job = this.packs ? this.packs.add('pages', p.digest, object, p.bytes.length, object[5]!) : this.app.repo.putPage(p.digest, object, { batch: this.batch });
     this.pages.push(job);
     return job;
   }
@@ -170,37 +188,57 @@ export class ChunkSink {
     if (this.failure !== undefined) throw this.failure;
     this.flushPages(this.builder.takeFinishedPages());
     const root = this.builder.finish();
-    await this.commitWritten();
+    await this.commitWritten(true);
     return root;
   }
 
-  /** waits for every write in flight, makes them durable (one sync of this batch), then indexes them in one transaction */
-  private async commitWritten(): Promise<void> {
-    while (this.inflight.size) await Promise.all(this.inflight);
+  /**
+   * Waits for every write in flight, makes them durable (one sync of this batch), then
+   * indexes them in one transaction. A packed repository indexes the packs written so far
+   * (`last`: the open pack is sealed and written first); blobs of the open pack wait for it.
+   */
+  private async commitWritten(last = false): Promise<void> {
+    if (!this.packs) while (this.inflight.size) await Promise.all(this.inflight);
     await Promise.all(this.pages);
     if (this.failure !== undefined) throw this.failure;
     this.peakUnindexed = Math.max(this.peakUnindexed, this.unindexed.length + this.unstoredPages.size);
+    if (last) this.packs?.flush();
+    const packs: WrittenPack[] = this.packs ? await this.packs.takeWritten() : [];
     await this.batch.sync();
     const { catalog } = this.app;
     const chunks = this.unindexed.splice(0);
-    const pages = [...this.unstoredPages];
+    const pages = this.packs ? [] : [...this.unstoredPages];
     await catalog.env.transaction(() => {
       for (const [d, info] of chunks) {
         catalog.chunks.put(d, info);
         catalog.clearCorrupt(d); // written anew: whole again
       }
       for (const [d, bytes] of pages) catalog.pages.put(d, bytes);
+      for (const p of packs) {
+        indexPack(catalog, p.id, p.size, p.entries, (d) => this.unstoredPages.get(d));
+        for (const e of p.entries) if (e.kind === 'chunks') catalog.clearCorrupt(e.digest);
+      }
     });
-    this.unstoredPages.clear();
-    this.unstoredPageBytes = 0;
     this.pages.length = 0;
-    // what was written is in the index now: later duplicates find it there
-    this.writing.clear();
+    if (!this.packs) {
+      this.unstoredPages.clear();
+      this.unstoredPageBytes = 0;
+      // what was written is in the index now: later duplicates find it there
+      this.writing.clear();
+      return;
+    }
+    for (const p of packs) {
+      for (const e of p.entries) {
+        if (e.kind === 'chunks') this.writing.delete(e.digest);
+        else if (this.unstoredPages.delete(e.digest)) this.unstoredPageBytes -= e.plain;
+      }
+    }
   }
 
   /** waits for what is in flight, ignoring results (after a failure elsewhere) */
   async settle(): Promise<void> {
     while (this.inflight.size) await Promise.all(this.inflight);
     await Promise.allSettled(this.pages);
+    await this.packs?.settle();
   }
 }
