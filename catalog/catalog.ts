@@ -84,7 +84,8 @@ export class Catalog {
   constructor(readonly path: string) {
     // the catalog is private to the appliance's user, whatever the umask
     fs.mkdirSync(path, { recursive: true, mode: 0o700 });
-    this.env = open({ path, mapSize: 64 * 1024 ** 3 });
+    // named databases: the catalog's, instant-restore sessions, jobs, projects, snapshots, services (and room for more)
+    this.env = open({ path, mapSize: 64 * 1024 ** 3, maxDbs: 64 });
     for (const f of fs.readdirSync(path)) fs.chmodSync(join(path, f), 0o600);
     this.volumes = this.env.openDB({ name: 'volumes' });
     this.volumeNames = this.env.openDB({ name: 'volume-names' });

@@ -3,7 +3,7 @@
 export const BACKUP_STATES = ['creating', 'available', 'deleting', 'deleted', 'error', 'error_deleting', 'restoring'] as const;
 export type BackupStatus = (typeof BACKUP_STATES)[number];
 
-export const VOLUME_STATES = ['available', 'in-use', 'creating', 'restoring-backup', 'error_restoring', 'deleting', 'error'] as const;
+export const VOLUME_STATES = ['available', 'in-use', 'creating', 'backing-up', 'restoring-backup', 'error_restoring', 'deleting', 'error'] as const;
 export type VolumeStatus = (typeof VOLUME_STATES)[number];
 
 export interface Owner {
@@ -35,6 +35,10 @@ export interface VolumeRecord {
   /** rbd: the cluster's ceph.conf and ceph user, when given at registration (else CEPH_CONF / defaults) */
   ceph_conf?: string | null;
   ceph_user?: string | null;
+  /** while `backing-up`: the status to return to (available or in-use), as Cinder's previous_status */
+  previous_status?: VolumeStatus | null;
+  /** a description given through the API */
+  description?: string | null;
 }
 
 export interface BackupRecord {
@@ -81,6 +85,8 @@ export interface BackupRecord {
   verified_at?: string | null;
   verify_state?: 'ok' | 'failed' | null;
   verify_failures?: VerifyFailure[];
+  /** key/value metadata given through the API (Cinder 3.43+) */
+  metadata?: Record<string, string>;
 }
 
 /** One block of a backup that failed verification. */

@@ -19,7 +19,17 @@ function protectedError(b: BackupRecord): ConflictError {
 }
 
 export async function deleteBackup(app: Appliance, ref: string, opts: { force?: boolean } = {}): Promise<BackupRecord> {
-  const { catalog, repo } = app;
+  const begun = beginDelete(app, ref, opts);
+  return begun.cancelRequested ? begun.backup : completeDelete(app, begun.backup.id);
+}
+
+/**
+ * The checks and the move to `deleting` (owned by this process), in one transaction; a
+ * creating backup with a live owner is only marked (cancelRequested: its job settles it).
+ * completeDelete then removes the manifest and the map: the job module runs the two apart.
+ */
+export function beginDelete(app: Appliance, ref: string, opts: { force?: boolean } = {}): { backup: BackupRecord; cancelRequested: boolean } {
+  const { catalog } = app;
   const b = catalog.backupRecord(ref);
   if (b.status === 'deleted') throw new ConflictError(`backup ${b.id} is already deleted`);
   if (b.protected) throw protectedError(b);
@@ -28,9 +38,10 @@ export async function deleteBackup(app: Appliance, ref: string, opts: { force?: 
     if (!opts.force) throw new ConflictError(`backup ${b.id} is being created; use --force to cancel it`);
     if (ownerAlive(b.owner)) {
       // the running job sees `deleting`, stops, and settles the record as deleted
-      return catalog.transition(b.id, ['creating'], 'deleting', { fail_reason: 'cancel requested by delete --force' });
+      return { backup: catalog.transition(b.id, ['creating'], 'deleting', { fail_reason: 'cancel requested by delete --force' }), cancelRequested: true };
     }
   }
+  let out!: BackupRecord;
   catalog.env.transactionSync(() => {
     const cur = catalog.backups.get(b.id);
     if (!cur) throw new NotFoundError('backup', b.id);
@@ -38,16 +49,23 @@ export async function deleteBackup(app: Appliance, ref: string, opts: { force?: 
     const leases = catalog.readerLeases(b.id);
     if (leases.length) throw new ConflictError(`backup ${b.id} is attached (${leases.join(', ')}); detach it before deleting`);
     if (!DELETABLE.includes(cur.status)) throw new ConflictError(`backup ${b.id} is ${cur.status}; it must be ${DELETABLE.join(' or ')}`);
-    catalog.backups.putSync(b.id, { ...cur, status: 'deleting', owner: ownerHere(), updated_at: now() });
+    out = { ...cur, status: 'deleting', owner: ownerHere(), updated_at: now() };
+    catalog.backups.putSync(b.id, out);
   });
+  return { backup: out, cancelRequested: false };
+}
+
+/** Removes the manifest and map of a backup beginDelete moved to `deleting`: `deleted`, or `error_deleting`. */
+export async function completeDelete(app: Appliance, id: string): Promise<BackupRecord> {
+  const { catalog, repo } = app;
   try {
-    await repo.deleteManifest(b.id);
+    await repo.deleteManifest(id);
     catalog.env.transactionSync(() => {
-      catalog.maps.removeSync(b.id);
+      catalog.maps.removeSync(id);
     });
-    return catalog.transition(b.id, ['deleting'], 'deleted', { owner: null });
+    return catalog.transition(id, ['deleting'], 'deleted', { owner: null });
   } catch (e) {
-    catalog.transition(b.id, ['deleting'], 'error_deleting', { owner: null, fail_reason: (e as Error).message });
+    catalog.transition(id, ['deleting'], 'error_deleting', { owner: null, fail_reason: (e as Error).message });
     throw e;
   }
 }

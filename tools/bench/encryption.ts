@@ -8,17 +8,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { CLI, type Row } from './core.js';
+import { ROUNDS, median } from './stats.js';
 import { makeFsImage } from './image.js';
 import { measure, sh, warmCache } from './run.js';
 import { stop, waitPort } from './nbd.js';
 
 const PASS = 'bench passphrase';
-const ROUNDS = process.env.BENCH_QUICK === '1' ? 1 : 3;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
 
 export async function benchEncryption(work: string, sizeMiB: number): Promise<Row[]> {
   const img = path.join(work, 'volume.img');

@@ -3,7 +3,8 @@
  * `dd bs=1M` (first read after dropping the page cache, then again with caches warm), side
  * by side with `restic mount` reading the same image from a restic repository. The RSS
  * column is the peak RSS of the serving process (blockgate mount / restic mount).
- * Target (DESIGN.md): blockgate at least 2x restic mount.
+ * Rounds interleave the two (blockgate, restic, blockgate, ...); rows are medians with min
+ * and max. Target (DESIGN.md): blockgate at least 2x restic mount.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -11,6 +12,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { CLI, type Row } from './core.js';
 import { makeFsImage } from './image.js';
 import { dropCaches, measure, peakRssMiB, sh } from './run.js';
+import { ROUNDS, Samples } from './stats.js';
 import { findMount, lazyUnmount } from '../../gateway/fuse/mount.js';
 
 async function waitFor(what: string, ok: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
@@ -32,7 +34,7 @@ async function stop(p: ChildProcess, mnt: string, signal: NodeJS.Signals): Promi
 }
 
 export async function benchFuse(work: string, sizeMiB: number): Promise<Row[]> {
-  const rows: Row[] = [];
+  const samples = new Samples('fuse');
   const img = path.join(work, 'volume.img');
   if (!fs.existsSync(img) || fs.statSync(img).size !== sizeMiB * 1024 * 1024) makeFsImage(img, sizeMiB, work);
   const bytes = fs.statSync(img).size;
@@ -48,35 +50,43 @@ export async function benchFuse(work: string, sizeMiB: number): Promise<Row[]> {
     dropCaches();
     for (const op of ['dd first read', 'dd cached']) {
       const m = await measure('dd', [`if=${file}`, 'of=/dev/null', 'bs=1M']);
-      rows.push({ suite: 'fuse', tool, op, seconds: m.seconds, mbps: bytes / 1e6 / m.seconds, rssMiB: peakRssMiB(server.pid!) });
+      samples.time(tool, op, m.seconds, bytes, peakRssMiB(server.pid!));
     }
   };
 
-  console.error('bench: fuse — blockgate mount');
   await sh(process.execPath, [CLI, '--data-dir', data, 'volume', 'create', '--name', 'vol', '--file', img]);
   await sh(process.execPath, [CLI, '--data-dir', data, 'backup', 'create', 'vol', '--name', 'b']);
-  dropCaches();
-  const bg = spawn(process.execPath, [CLI, '--data-dir', data, 'mount', mnt], { stdio: 'ignore' });
-  try {
-    await waitFor('blockgate mount', async () => (await findMount(mnt))?.source === `blockgate:${bg.pid}`);
-    await read('blockgate', path.join(mnt, 'volumes', 'vol', 'b', 'disk.img'), bg);
-  } finally {
-    await stop(bg, mnt, 'SIGTERM');
-  }
-
-  console.error('bench: fuse — restic mount');
   await sh('restic', ['init', '-q'], resticEnv);
   await sh('restic', ['backup', '-q', img], resticEnv);
-  dropCaches();
-  const rs = spawn('restic', ['mount', '--no-default-permissions', mnt], { stdio: 'ignore', env: { ...process.env, ...resticEnv } });
-  const file = path.join(mnt, 'snapshots', 'latest', img);
-  try {
-    await waitFor('restic mount', async () => !!(await findMount(mnt)) && (await fs.promises.stat(file).then(() => true, () => false)));
-    await read('restic', file, rs);
-  } finally {
-    await stop(rs, mnt, 'SIGINT');
+  const blockgate = async () => {
+    dropCaches();
+    const bg = spawn(process.execPath, [CLI, '--data-dir', data, 'mount', mnt], { stdio: 'ignore' });
+    try {
+      await waitFor('blockgate mount', async () => (await findMount(mnt))?.source === `blockgate:${bg.pid}`);
+      await read('blockgate', path.join(mnt, 'volumes', 'vol', 'b', 'disk.img'), bg);
+    } finally {
+      await stop(bg, mnt, 'SIGTERM');
+    }
+  };
+  const resticMount = async () => {
+    dropCaches();
+    const rs = spawn('restic', ['mount', '--no-default-permissions', mnt], { stdio: 'ignore', env: { ...process.env, ...resticEnv } });
+    const file = path.join(mnt, 'snapshots', 'latest', img);
+    try {
+      await waitFor('restic mount', async () => !!(await findMount(mnt)) && (await fs.promises.stat(file).then(() => true, () => false)));
+      await read('restic', file, rs);
+    } finally {
+      await stop(rs, mnt, 'SIGINT');
+    }
+  };
+  for (let round = 0; round < ROUNDS; round++) {
+    const order = round % 2 ? [resticMount, blockgate] : [blockgate, resticMount];
+    for (const f of order) {
+      console.error(`bench: fuse round ${round + 1}/${ROUNDS} — ${f === blockgate ? 'blockgate' : 'restic'} mount`);
+      await f();
+    }
   }
   for (const d of [data, restic, resticEnv.RESTIC_CACHE_DIR]) fs.rmSync(d, { recursive: true, force: true });
   fs.rmdirSync(mnt);
-  return rows;
+  return samples.rows();
 }

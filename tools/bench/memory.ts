@@ -9,10 +9,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { CLI, type Row } from './core.js';
+import { ROUNDS, median } from './stats.js';
 import { measure } from './run.js';
 
 const MiB = 1024 * 1024;
-const ROUNDS = process.env.BENCH_QUICK === '1' ? 1 : 3;
 
 function sparseImage(file: string, gib: number): void {
   const fd = fs.openSync(file, 'w');
@@ -22,10 +22,6 @@ function sparseImage(file: string, gib: number): void {
   fs.closeSync(fd);
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
 
 export async function benchMemory(work: string): Promise<Row[]> {
   const rows: Row[] = [];

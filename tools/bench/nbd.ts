@@ -1,7 +1,9 @@
 /**
  * NBD benchmark: `nbdcopy` of a backup export to null: (first read with a cold chunk cache,
  * then cached) against `nbdkit file` and `qemu-nbd` serving the same image as a raw file;
- * random 4 KiB read IOPS with fio's nbd engine against the same three servers.
+ * random 4 KiB read IOPS with fio's nbd engine against the same three servers. Each round
+ * starts every server afresh (page cache dropped), the servers interleaved A B C A B C ...;
+ * rows are medians with min and max.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -9,6 +11,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { CLI, type Row } from './core.js';
 import { makeFsImage } from './image.js';
 import { dropCaches, measure, sh } from './run.js';
+import { ROUNDS, Samples } from './stats.js';
 
 function startServer(cmd: string, args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
   return spawn(cmd, args, { stdio: 'ignore', env: { ...process.env, ...env } });
@@ -40,7 +43,7 @@ async function fioIops(uri: string): Promise<number> {
 }
 
 export async function benchNbd(work: string, sizeMiB: number): Promise<Row[]> {
-  const rows: Row[] = [];
+  const samples = new Samples('nbd');
   const img = path.join(work, 'volume.img');
   if (!fs.existsSync(img) || fs.statSync(img).size !== sizeMiB * 1024 * 1024) makeFsImage(img, sizeMiB, work);
   const bytes = fs.statSync(img).size;
@@ -51,12 +54,9 @@ export async function benchNbd(work: string, sizeMiB: number): Promise<Row[]> {
   const port = 10870;
   const copy = async (tool: string, op: string, uri: string) => {
     const m = await measure('nbdcopy', ['--requests=64', uri, 'null:']);
-    rows.push({ suite: 'nbd', tool, op, seconds: m.seconds, mbps: bytes / 1e6 / m.seconds, rssMiB: 0 });
+    samples.time(tool, op, m.seconds, bytes);
   };
-  const iops = async (tool: string, uri: string) => {
-    const v = await fioIops(uri);
-    rows.push({ suite: 'nbd', tool, op: 'fio randread 4k IOPS', seconds: 8, mbps: v, rssMiB: 0 });
-  };
+  const iops = async (tool: string, uri: string) => samples.rate(tool, 'fio randread 4k IOPS', await fioIops(uri), 8);
 
   const servers: { tool: string; uri: string; start: () => ChildProcess }[] = [
     {
@@ -68,19 +68,22 @@ export async function benchNbd(work: string, sizeMiB: number): Promise<Row[]> {
     { tool: 'nbdkit-file', uri: `nbd://127.0.0.1:${port}`, start: () => startServer('nbdkit', ['-f', '-r', '-i', '127.0.0.1', '-p', String(port), 'file', img]) },
     { tool: 'qemu-nbd', uri: `nbd://127.0.0.1:${port}`, start: () => startServer('qemu-nbd', ['-r', '-t', '-b', '127.0.0.1', '-p', String(port), '-f', 'raw', '--shared=8', img]) },
   ];
-  for (const s of servers) {
-    console.error(`bench: nbd — ${s.tool}`);
-    dropCaches();
-    const p = s.start();
-    try {
-      await waitPort(s.uri);
-      await copy(s.tool, 'nbdcopy first read', s.uri);
-      await copy(s.tool, 'nbdcopy cached', s.uri);
-      await iops(s.tool, s.uri);
-    } finally {
-      await stop(p);
+  for (let round = 0; round < ROUNDS; round++) {
+    for (let i = 0; i < servers.length; i++) {
+      const s = servers[(i + round) % servers.length]!;
+      console.error(`bench: nbd round ${round + 1}/${ROUNDS} — ${s.tool}`);
+      dropCaches();
+      const p = s.start();
+      try {
+        await waitPort(s.uri);
+        await copy(s.tool, 'nbdcopy first read', s.uri);
+        await copy(s.tool, 'nbdcopy cached', s.uri);
+        await iops(s.tool, s.uri);
+      } finally {
+        await stop(p);
+      }
     }
   }
   fs.rmSync(data, { recursive: true, force: true });
-  return rows;
+  return samples.rows();
 }

@@ -1,0 +1,206 @@
+/**
+ * The jobs of one daemon: the requests the API (and the CLI, through the daemon) make —
+ * back up, restore, delete, force-delete, reset-state — checked and recorded synchronously
+ * (so the answer shows `creating`, `restoring`, `deleting` at once), then run by the queue
+ * (queue.ts) with the handlers (handlers.ts). Quotas are reserved here before anything is
+ * recorded and end with the job.
+ */
+import { ConflictError, NotFoundError } from '../../catalog/catalog.js';
+import { type JobRecord, JobStore } from '../../catalog/jobs.js';
+import { QuotaStore } from '../../catalog/quotas.js';
+import { SnapshotStore } from '../../catalog/snapshots.js';
+import { type BackupRecord, type BackupStatus, sizeGiB, type VolumeRecord } from '../../catalog/records.js';
+import type { Appliance } from '../appliance.js';
+import { startBackup } from '../engine/backup.js';
+import { beginDelete } from '../engine/delete.js';
+import { prepareRestore } from '../engine/restore.js';
+import { backupPayload, endBackingUp, makeHandlers } from './handlers.js';
+import { LocalJobQueue, type JobQueue } from './queue.js';
+import { recoverJobs } from './recover.js';
+
+export interface BackupRequest {
+  volumeId: string;
+  name?: string | null;
+  description?: string | null;
+  incremental?: boolean;
+  force?: boolean;
+  snapshotId?: string | null;
+  metadata?: Record<string, string>;
+  userId: string;
+}
+
+export interface JobOptions {
+  /** jobs run at once (Cinder's backup_max_operations) */
+  workers?: number;
+  /** jobs waiting beyond the running ones */
+  maxQueued?: number;
+}
+
+/** a request that cannot be carried out as asked (HTTP 400 badRequest) */
+export class InvalidRequestError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'InvalidRequestError';
+  }
+}
+
+export class JobService {
+  readonly store: JobStore;
+  readonly quotas: QuotaStore;
+  readonly snapshots: SnapshotStore;
+  readonly queue: LocalJobQueue;
+
+  constructor(
+    readonly app: Appliance,
+    opts: JobOptions = {},
+    onError: (job: JobRecord, e: Error) => void = () => {},
+  ) {
+    this.store = new JobStore(app.catalog.env);
+    this.quotas = new QuotaStore(app.catalog.env, () => app.catalog.backups.getRange({}).map((e) => e.value));
+    this.snapshots = new SnapshotStore(app.catalog.env);
+    this.queue = new LocalJobQueue(this.store, makeHandlers(app, this.quotas, this.store), opts.workers ?? 2, opts.maxQueued ?? 64, onError);
+  }
+
+  get jobQueue(): JobQueue {
+    return this.queue;
+  }
+
+  /** settles or resumes what a dead process left, then dispatches */
+  start(): ReturnType<typeof recoverJobs> {
+    const summary = recoverJobs(this);
+    this.queue.start();
+    return summary;
+  }
+
+  stop(): Promise<void> {
+    return this.queue.stop();
+  }
+
+  async submitBackup(r: BackupRequest): Promise<{ backup: BackupRecord; job: JobRecord }> {
+    const { catalog } = this.app;
+    const v = catalog.volume(r.volumeId);
+    let parentBefore: string | null = null;
+    if (r.snapshotId) {
+      const s = this.snapshots.find(r.snapshotId);
+      if (!s || s.volume_id !== v.id) throw new InvalidRequestError(`Invalid snapshot: snapshot ${r.snapshotId} is not a snapshot of volume ${v.id}.`);
+      if (s.status !== 'available') throw new InvalidRequestError(`Invalid snapshot: Snapshot to be backed up must be available, but the current status is "${s.status}".`);
+      parentBefore = s.created_at;
+    }
+    if (v.status === 'in-use' && !r.force) throw new InvalidRequestError('Invalid volume: Backing up an in-use volume must use the force flag.');
+    if (v.status !== 'available' && v.status !== 'in-use') throw new InvalidRequestError(`Invalid volume: Volume to be backed up must be available or in-use, but the current status is "${v.status}".`);
+    // with a snapshot, the parent is the newest available backup older than the snapshot (Cinder's rule)
+    const parent = r.incremental ? catalog.listBackups(v.id).filter((b) => b.status === 'available' && (!parentBefore || b.data_timestamp < parentBefore)).at(-1) : undefined;
+    if (r.incremental && !parent) throw new InvalidRequestError('Invalid backup: No backups available to do an incremental backup.');
+    const res = this.quotas.reserve(v.project_id, sizeGiB(v.size));
+    let rec: BackupRecord | undefined;
+    try {
+      rec = await startBackup(this.app, { volume: v.id, force: r.force, name: r.name ?? undefined, description: r.description ?? undefined, snapshotId: r.snapshotId ?? null, projectId: v.project_id, userId: r.userId });
+      this.quotas.attach(res.id, rec.id);
+      rec = { ...rec, parent_id: parent?.id ?? null, is_incremental: !!parent, metadata: r.metadata ?? {}, ...(parentBefore ? { data_timestamp: parentBefore } : {}) };
+      catalog.putBackup(rec);
+      // the volume is backing-up meanwhile (one backup of a volume at a time, as in Cinder)
+      const id = rec.id;
+      catalog.env.transactionSync(() => {
+        const cur = catalog.volumes.get(v.id);
+        if (!cur || (cur.status !== 'available' && cur.status !== 'in-use')) throw new InvalidRequestError(`Invalid volume: Volume to be backed up must be available or in-use, but the current status is "${cur?.status ?? 'deleted'}".`);
+        catalog.volumes.putSync(v.id, { ...cur, status: 'backing-up', previous_status: cur.status });
+      });
+      const job = this.queue.submit({ kind: 'backup', backup_id: id, volume_id: v.id, project_id: rec.project_id, user_id: r.userId, params: r.snapshotId ? { snapshot_id: r.snapshotId } : {}, reservation: res.id });
+      return { backup: rec, job };
+    } catch (e) {
+      this.quotas.end(res.id);
+      if (rec) {
+        catalog.backups.removeSync(rec.id);
+        catalog.unregisterWriter(rec.id);
+        endBackingUp(this.app, v.id, rec.id);
+      }
+      throw e;
+    }
+  }
+
+  async submitRestore(r: { backupId: string; volumeId?: string | null; name?: string | null; userId: string }): Promise<{ backup: BackupRecord; target: VolumeRecord; job: JobRecord }> {
+    const { catalog } = this.app;
+    const b = catalog.backups.get(r.backupId);
+    if (!b || b.status === 'deleted') throw new NotFoundError('backup', r.backupId);
+    if (b.status !== 'available') throw new InvalidRequestError(`Invalid backup: Backup status must be available, but the current status is "${b.status}".`);
+    if (r.volumeId) {
+      const t = catalog.volume(r.volumeId);
+      if (t.status !== 'available') throw new InvalidRequestError(`Invalid volume: Volume to be restored to must be available, but the current status is "${t.status}".`);
+      const size = await this.app.volumeDriver(t).size();
+      if (size < b.size_bytes) throw new InvalidRequestError(`Invalid volume: volume size ${sizeGiB(size)}GB cannot be smaller than the backup size ${b.size}GB. (${size} < ${b.size_bytes} bytes)`);
+    }
+    const { backup, target } = await prepareRestore(this.app, { backup: b.id, ...(r.volumeId ? { volume: r.volumeId } : { newName: r.name ?? `restore_backup_${b.id}` }) });
+    try {
+      const job = this.queue.submit({ kind: 'restore', backup_id: backup.id, volume_id: target.id, project_id: backup.project_id, user_id: r.userId, params: { new_volume: !r.volumeId } });
+      return { backup: catalog.backups.get(backup.id)!, target, job };
+    } catch (e) {
+      catalog.transition(backup.id, ['restoring'], 'available', { owner: null });
+      catalog.releaseRestoreTarget(target.id);
+      catalog.updateVolume(target.id, () => ({ status: 'available' }));
+      throw e;
+    }
+  }
+
+  /** DELETE /backups/{id}: the checks and `deleting` now, the repository work as a job */
+  submitDelete(backupId: string): { backup: BackupRecord; job: JobRecord } {
+    const { catalog } = this.app;
+    const before = catalog.backups.get(backupId);
+    if (!before || before.status === 'deleted') throw new NotFoundError('backup', backupId);
+    if (before.status === 'creating') throw new InvalidRequestError(`Invalid backup: Backup status must be available or error, but the current status is "creating"; use os-force_delete to cancel it.`);
+    if (catalog.listBackups().some((x) => x.parent_id === before.id && x.status === 'creating')) throw new InvalidRequestError(`Invalid backup: an incremental backup of it is being created.`);
+    const { backup } = wrapConflict(() => beginDelete(this.app, backupId));
+    try {
+      return { backup, job: this.queue.submit({ kind: 'delete', backup_id: backup.id, volume_id: backup.volume_id, project_id: backup.project_id, user_id: backup.user_id }) };
+    } catch (e) {
+      catalog.transition(backup.id, ['deleting'], before.status, { owner: null });
+      throw e;
+    }
+  }
+
+  /** os-force_delete: a creating backup is cancelled (its job stops; the record ends `deleted`), anything else deleted */
+  async forceDelete(backupId: string): Promise<BackupRecord> {
+    const { catalog } = this.app;
+    const b = catalog.backups.get(backupId);
+    if (!b || b.status === 'deleted') throw new NotFoundError('backup', backupId);
+    if (b.status !== 'creating') return this.submitDelete(backupId).backup;
+    const job = this.store.activeFor(b.id);
+    const begun = wrapConflict(() => beginDelete(this.app, b.id, { force: true }));
+    if (job) await this.queue.cancel(job.id, 'cancelled by os-force_delete');
+    else if (!begun.cancelRequested) return this.submitDelete(backupId).backup;
+    return catalog.backups.get(b.id)!;
+  }
+
+  /**
+   * os-reset_status: `available` or `error`. A running or queued job on the backup is cancelled
+   * first (a restore: its target becomes error_restoring), and the status applied when it stops.
+   */
+  async resetStatus(backupId: string, status: 'available' | 'error', waitMs = 30_000): Promise<BackupRecord> {
+    const { catalog } = this.app;
+    const b = catalog.backups.get(backupId);
+    if (!b || b.status === 'deleted') throw new NotFoundError('backup', backupId);
+    const job = this.store.activeFor(b.id);
+    if (job && (job.kind === 'restore' || job.kind === 'backup')) {
+      if (job.kind === 'backup' && status === 'available') throw new InvalidRequestError(`Invalid backup: backup ${b.id} is being created; it can only be reset to error (which cancels it).`);
+      const reason = `cancelled by reset-state to ${status}`;
+      await this.queue.cancel(job.id, reason, status);
+      await Promise.race([this.queue.wait(job.id), new Promise((r) => setTimeout(r, waitMs).unref())]);
+      return catalog.backups.get(b.id)!;
+    }
+    if (status === 'available' && !catalog.maps.get(b.id)) throw new InvalidRequestError(`Invalid backup: backup ${b.id} has no committed data; it cannot be made available.`);
+    const out = catalog.transition(b.id, [b.status], status as BackupStatus, { owner: null, fail_reason: status === 'error' ? (b.fail_reason ?? 'reset to error') : null });
+    if (b.status === 'restoring') {
+      for (const v of catalog.listVolumes()) if (v.status === 'restoring-backup' && !catalog.locks.get(`r:${v.id}`)) catalog.updateVolume(v.id, () => ({ status: 'error_restoring', status_reason: 'reset-state' }));
+    }
+    this.app.events.emit('backup.reset_status', b.id, backupPayload(out));
+    return out;
+  }
+}
+
+function wrapConflict<T>(f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof ConflictError) throw new InvalidRequestError(`Invalid backup: ${e.message}`);
+    throw e;
+  }
+}

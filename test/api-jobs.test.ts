@@ -1,0 +1,92 @@
+/** The job module in-process: bounded runners, progress, events, cancel, quotas, recovery of a dead owner's jobs. */
+import test from 'ava';
+import fs from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { JobService } from '../gateway/jobs/service.js';
+import type { BlockgateEvent } from '../gateway/events/bus.js';
+import { mixedContent, openApp, sha } from './helpers/core.js';
+import { volumeFrom } from './helpers/engine.js';
+
+const CS = 64 * 1024;
+
+test('backups run as jobs, at most `workers` at once, with progress, events and restores bit-exact', async (t) => {
+  const app = await openApp(t);
+  const jobs = new JobService(app, { workers: 1 });
+  jobs.start();
+  t.teardown(() => jobs.stop());
+  const events: BlockgateEvent[] = [];
+  app.events.subscribe((e) => events.push(e));
+  const a = mixedContent(2 * 1024 * 1024, CS);
+  const b = mixedContent(1024 * 1024 + 4096, CS);
+  const va = await volumeFrom(app, 'a', a);
+  const vb = await volumeFrom(app, 'b', b);
+  const ja = await jobs.submitBackup({ volumeId: va.id, userId: 'u' });
+  const jb = await jobs.submitBackup({ volumeId: vb.id, userId: 'u' });
+  t.is(ja.backup.status, 'creating');
+  t.is(app.catalog.volume(va.id).status, 'backing-up');
+  t.true(jobs.queue.stats().running <= 1);
+  const [ea, eb] = await Promise.all([jobs.queue.wait(ja.job.id), jobs.queue.wait(jb.job.id)]);
+  t.is(ea.status, 'done');
+  t.is(eb.status, 'done');
+  t.true(eb.started_at! >= ea.ended_at!, 'with one worker the second job starts after the first ended');
+  t.is(ea.progress.percent, 100);
+  t.is(app.catalog.volume(va.id).status, 'available');
+  t.deepEqual(
+    events.filter((e) => e.resource === ja.backup.id && e.type !== 'backup.createprogress').map((e) => e.type),
+    ['backup.create.start', 'backup.create.end'],
+  );
+  t.true(events.some((e) => e.type === 'backup.createprogress' && e.resource === ja.backup.id && typeof e.payload.percent === 'number'));
+  const end = events.find((e) => e.type === 'backup.create.end' && e.resource === ja.backup.id)!;
+  t.like(end.payload, { backup_id: ja.backup.id, volume_id: va.id, project_id: 'default', status: 'available', size: 1, fail_reason: null });
+
+  const r = await jobs.submitRestore({ backupId: ja.backup.id, userId: 'u' });
+  t.is(r.target.name, `restore_backup_${ja.backup.id}`);
+  t.is(app.catalog.backups.get(ja.backup.id)!.status, 'restoring');
+  t.is((await jobs.queue.wait(r.job.id)).status, 'done');
+  t.is(sha(fs.readFileSync(app.catalog.volume(r.target.id).path)), sha(a));
+  t.true(events.some((e) => e.type === 'backup.restore.end' && e.resource === ja.backup.id));
+
+  const d = jobs.submitDelete(jb.backup.id);
+  t.is(d.backup.status, 'deleting');
+  t.is((await jobs.queue.wait(d.job.id)).status, 'done');
+  t.is(app.catalog.backups.get(jb.backup.id)!.status, 'deleted');
+  t.true(events.some((e) => e.type === 'backup.delete.end' && e.resource === jb.backup.id));
+});
+
+test('force-delete cancels a queued and a running backup; quota reservations end with them', async (t) => {
+  const app = await openApp(t);
+  const jobs = new JobService(app, { workers: 1 });
+  jobs.start();
+  t.teardown(() => jobs.stop());
+  const big = await volumeFrom(app, 'big', randomBytes(48 * 1024 * 1024));
+  const small = await volumeFrom(app, 'small', randomBytes(CS));
+  const running = await jobs.submitBackup({ volumeId: big.id, userId: 'u' });
+  const queued = await jobs.submitBackup({ volumeId: small.id, userId: 'u' });
+  t.is(jobs.quotas.usage('default').backups.reserved, 2);
+  await jobs.forceDelete(queued.backup.id);
+  t.is(app.catalog.backups.get(queued.backup.id)!.status, 'deleted');
+  t.is(jobs.store.get(queued.job.id)!.status, 'cancelled');
+  // the running one stops at its next progress step
+  while (jobs.store.get(running.job.id)!.status === 'queued') await new Promise((r) => setTimeout(r, 10));
+  await jobs.forceDelete(running.backup.id);
+  const end = await jobs.queue.wait(running.job.id);
+  t.is(end.status, 'cancelled');
+  t.is(app.catalog.backups.get(running.backup.id)!.status, 'deleted');
+  t.is(app.catalog.volume(big.id).status, 'available');
+  t.deepEqual(jobs.quotas.usage('default').backups, { limit: 10, in_use: 0, reserved: 0, allocated: 0 });
+});
+
+test('quotas: a create beyond backups is refused with Cinder message and nothing recorded', async (t) => {
+  const app = await openApp(t);
+  const jobs = new JobService(app, { workers: 2 });
+  jobs.start();
+  t.teardown(() => jobs.stop());
+  const v = await volumeFrom(app, 'v', randomBytes(CS));
+  jobs.quotas.setLimits('default', { backups: 1 });
+  const first = await jobs.submitBackup({ volumeId: v.id, userId: 'u' });
+  await jobs.queue.wait(first.job.id);
+  const before = app.catalog.listBackups().length;
+  await t.throwsAsync(() => jobs.submitBackup({ volumeId: v.id, userId: 'u' }), { name: 'QuotaExceededError', message: 'Maximum number of backups allowed (1) exceeded' });
+  t.is(app.catalog.listBackups().length, before);
+  t.is(app.catalog.volume(v.id).status, 'available');
+});
