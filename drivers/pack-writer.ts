@@ -27,6 +27,8 @@ export class PackWriter {
   private readonly puts = new Set<Promise<void>>();
   private readonly written: WrittenPack[] = [];
   private failure: unknown;
+  /** buffers of packs already stored, for the next packs */
+  private readonly spare: Buffer[] = [];
   /** packs put so far */
   packCount = 0;
 
@@ -41,7 +43,7 @@ export class PackWriter {
   /** appends a blob (copied) to the open pack; waits while a full pack is still being put */
   async add(kind: ObjectKind, digest: string, object: Buffer, plain: number, codec: number): Promise<void> {
     if (this.failure !== undefined) throw this.failure;
-    this.open ??= new PackBuilder(this.repo.keys);
+    this.open ??= new PackBuilder(this.repo.keys, this.packSize, this.spare.pop());
     this.open.add(kind, digest, object, plain, codec);
     if (this.open.size >= this.packSize) {
       while (this.puts.size >= MAX_PUTS) await Promise.race(this.puts);
@@ -71,6 +73,7 @@ export class PackWriter {
       .then(() => {
         this.written.push(done);
         this.packCount++;
+        if (this.spare.length < 2) this.spare.push(b.buffer);
       })
       .catch((e: unknown) => {
         this.failure ??= e;

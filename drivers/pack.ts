@@ -148,13 +148,31 @@ export function parsePackTail(tail: Buffer, tailOffset: number, pack: string, ke
  * Builds one pack in memory: blobs are appended as they come; seal() adds the index and the
  * trailer and gives the whole object. Memory: the pack's size, once.
  */
+/** a pack's buffer: its blobs, with room for a blob past the size and the index (46 bytes per blob of 1 KiB and more) */
+export function packBufferSize(capacity: number): number {
+  return capacity + Math.ceil(capacity / 16) + INDEX_PROBE;
+}
+
 export class PackBuilder {
   readonly id = newPackId();
   readonly entries: PackEntry[] = [];
-  private readonly parts: Buffer[] = [];
+  private buf: Buffer;
   private bytes = 0;
 
-  constructor(private readonly keys: RepoKeys | null) {}
+  /**
+   * `capacity`: the expected size of the blobs (the buffer grows past it when it must); `buf`:
+   * a buffer to reuse (a writer recycles the buffer of a pack once it is stored, so its pages
+   * are not faulted in afresh for every pack)
+   */
+  constructor(private readonly keys: RepoKeys | null, capacity = DEFAULT_PACK, buf?: Buffer) {
+    const want = packBufferSize(capacity);
+    this.buf = buf && buf.length >= want ? buf : Buffer.allocUnsafe(want);
+  }
+
+  /** the buffer, for reuse once the sealed pack is stored */
+  get buffer(): Buffer {
+    return this.buf;
+  }
 
   get size(): number {
     return this.bytes;
@@ -166,22 +184,32 @@ export class PackBuilder {
   /** appends a blob (copied); returns its entry */
   add(kind: ObjectKind, digest: string, object: Buffer, plain: number, codec: number): PackEntry {
     if (this.bytes + object.length > MAX_PACK - INDEX_PROBE) throw new Error('pack full');
+    if (this.bytes + object.length > this.buf.length) {
+      const grown = Buffer.allocUnsafe(Math.min(MAX_PACK, Math.max(this.buf.length * 2, this.bytes + object.length)));
+      this.buf.copy(grown, 0, 0, this.bytes);
+      this.buf = grown;
+    }
     const e: PackEntry = { kind, digest, offset: this.bytes, length: object.length, plain, codec };
-    this.parts.push(Buffer.from(object));
+    object.copy(this.buf, this.bytes);
     this.bytes += object.length;
     this.entries.push(e);
     return e;
   }
 
-  /** the whole pack object: blobs, index, trailer */
+  /** the whole pack object: blobs, index, trailer (the builder is done) */
   seal(): Buffer {
     const plain = encodePackIndex(this.entries);
     const index = this.keys ? sealBlob(this.keys, packObjectName(this.id), plain) : plain;
     const trailer = Buffer.alloc(PACK_TRAILER);
     trailer.writeUInt32BE(index.length, 0);
     PACK_MAGIC.copy(trailer, 4);
-    const out = Buffer.concat([...this.parts, index, trailer]);
-    this.parts.length = 0;
-    return out;
+    const blobs = this.buf.subarray(0, this.bytes);
+    const tail = index.length + PACK_TRAILER;
+    if (this.bytes + tail <= this.buf.length) {
+      index.copy(this.buf, this.bytes);
+      trailer.copy(this.buf, this.bytes + index.length);
+      return this.buf.subarray(0, this.bytes + tail);
+    }
+    return Buffer.concat([blobs, index, trailer]);
   }
 }

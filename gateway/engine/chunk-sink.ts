@@ -50,9 +50,11 @@ export class ChunkSink {
     readonly chunkSize: number,
     depth: number,
     private readonly sequential: boolean,
+    /** blocks per slot: a whole-volume read hands over segments of many small blocks at once */
+    readonly segmentBlocks = 1,
   ) {
-    this.slots = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize));
-    this.outs = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize + OBJECT_OVERHEAD));
+    this.slots = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize * segmentBlocks));
+    this.outs = Array.from({ length: depth }, () => new ArrayBuffer((chunkSize + OBJECT_OVERHEAD) * segmentBlocks));
     this.free = Array.from({ length: depth }, (_, i) => i);
     this.batch = app.repo.batch();
     this.packs = app.repo.packed ? new PackWriter(app.repo, this.batch) : null;
@@ -79,14 +81,26 @@ export class ChunkSink {
   /** ...or when the map pages waiting for the index pass this many bytes (they are kept whole until then) */
   static commitPageBytes = 8 * 1024 * 1024;
   private unstoredPageBytes = 0;
+  /** a packed repository's commit of written packs, running in the background */
+  private committing: Promise<void> | null = null;
   /** the most objects held at once waiting for their index entry (for tests) */
   peakUnindexed = 0;
 
   async acquire(): Promise<number> {
-    const due = this.packs
-      ? this.packs.writtenCount > 0 // a packed repository indexes each pack once it is written
-      : this.unindexed.length + this.unstoredPages.size >= ChunkSink.commitEvery || this.unstoredPageBytes >= ChunkSink.commitPageBytes;
-    if (due && !this.failed) await this.commitWritten();
+    if (this.packs) {
+      // a packed repository indexes each pack once it is written, while the backup goes on
+      if (this.packs.writtenCount > 0 && !this.committing && !this.failed) {
+        this.committing = this.commitWritten()
+          .catch((e: unknown) => {
+            this.failure ??= e;
+          })
+          .finally(() => {
+            this.committing = null;
+          });
+      }
+    } else if ((this.unindexed.length + this.unstoredPages.size >= ChunkSink.commitEvery || this.unstoredPageBytes >= ChunkSink.commitPageBytes) && !this.failed) {
+      await this.commitWritten();
+    }
     const slot = this.free.pop();
     if (slot !== undefined) return slot;
     return new Promise((resolve) => this.waiters.push(resolve));
@@ -103,7 +117,7 @@ export class ChunkSink {
     else this.free.push(slot);
   }
 
-  /** a view of the slot's buffer, chunk-sized */
+  /** a view of the slot's buffer, segment-sized */
   buffer(slot: number): Buffer {
     return Buffer.from(this.slots[slot]!);
   }
@@ -124,8 +138,65 @@ export class ChunkSink {
     this.inflight.add(job);
   }
 
+  /** the blocks of a segment (blocks i.. of len bytes in the slot): one hash task and one encode task for them all */
+  private async storeSegment(i: number, slot: number, len: number): Promise<void> {
+    const { catalog, repo, pool } = this.app;
+    const cs = this.chunkSize;
+    const h = await pool.hashBlocks(this.slots[slot]!, len, cs);
+    this.slots[slot] = h.buf;
+    const mine: [number, number, string][] = [];
+    const waits: Promise<void>[] = [];
+    const settle: ((e?: unknown) => void)[] = [];
+    h.digests.forEach((d, k) => {
+      if (!d) return;
+      const n = Math.min(cs, len - k * cs);
+      this.stats.object_count++;
+      this.stats.data_bytes += n;
+      if (catalog.chunk(d)) return;
+      const w = this.writing.get(d);
+      if (w) {
+        waits.push(w);
+        return;
+      }
+      // this segment writes it; duplicates elsewhere wait for that
+      this.writing.set(d, new Promise<void>((resolve, reject) => settle.push((e) => (e === undefined ? resolve() : reject(e)))));
+      mine.push([k * cs, n, d]);
+    });
+    try {
+      if (mine.length) {
+        const enc = await pool.encodeBlocks(this.slots[slot]!, mine, repo.config.codec, this.outs[slot]!);
+        this.slots[slot] = enc.buf;
+        this.outs[slot] = enc.out;
+        for (let j = 0; j < mine.length; j++) {
+          const [, n, d] = mine[j]!;
+          const { object, codec } = enc.objects[j]!;
+          if (this.packs) {
+            await this.packs.add('chunks', d, object, n, CODEC_ID[codec]);
+          } else {
+            await repo.putChunk(d, object, { batch: this.batch });
+            this.unindexed.push([d, { s: object.length, c: CODEC_ID[codec], n }]);
+          }
+          this.stats.new_chunks++;
+          this.stats.new_bytes += object.length;
+        }
+      }
+      for (const f of settle) f();
+    } catch (e) {
+      for (const f of settle) f(e);
+      throw e;
+    }
+    await Promise.all(waits);
+    h.digests.forEach((d, k) => this.builder.set(i + k, d || null));
+    if (this.sequential) {
+      let lw = 0;
+      for (let k = 0; k < h.digests.length; k++) lw = this.low.complete(i + k);
+      this.flushPages(this.builder.takeFinishedPages(Math.floor(lw / this.builder.entries)));
+    }
+  }
+
   private async store(i: number, slot: number, len: number): Promise<void> {
     if (this.failure !== undefined) return;
+    if (len > this.chunkSize) return this.storeSegment(i, slot, len);
     const { catalog, repo, pool } = this.app;
     const h = await pool.hash(this.slots[slot]!, len);
     this.slots[slot] = h.buf;
@@ -188,6 +259,7 @@ export class ChunkSink {
     if (this.failure !== undefined) throw this.failure;
     this.flushPages(this.builder.takeFinishedPages());
     const root = this.builder.finish();
+    await this.committing;
     await this.commitWritten(true);
     return root;
   }
@@ -199,7 +271,7 @@ export class ChunkSink {
    */
   private async commitWritten(last = false): Promise<void> {
     if (!this.packs) while (this.inflight.size) await Promise.all(this.inflight);
-    await Promise.all(this.pages);
+    await Promise.all(this.pages.splice(0));
     if (this.failure !== undefined) throw this.failure;
     this.peakUnindexed = Math.max(this.peakUnindexed, this.unindexed.length + this.unstoredPages.size);
     if (last) this.packs?.flush();
@@ -219,7 +291,6 @@ export class ChunkSink {
         for (const e of p.entries) if (e.kind === 'chunks') catalog.clearCorrupt(e.digest);
       }
     });
-    this.pages.length = 0;
     if (!this.packs) {
       this.unstoredPages.clear();
       this.unstoredPageBytes = 0;
@@ -239,6 +310,7 @@ export class ChunkSink {
   async settle(): Promise<void> {
     while (this.inflight.size) await Promise.all(this.inflight);
     await Promise.allSettled(this.pages);
+    await this.committing;
     await this.packs?.settle();
   }
 }

@@ -122,6 +122,7 @@ export async function sweepPacks(app: Appliance, listing: PackListing, live: { c
   // dead packs: index entries first (a live blob's location moves to its claimed copy), then the object
   for (const d of dead) {
     await catalog.env.transaction(() => unindexPack(catalog, d.id, d.entries, claimed));
+    opts.onStep?.('dead-unindexed');
     await repo.deletePack(d.id);
     listing.active.delete(d.id);
     report.removedPacks++;

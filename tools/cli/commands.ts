@@ -164,7 +164,10 @@ export function repoCommands(program: Command, g: () => Globals): void {
           if (!(repackThreshold >= 0 && repackThreshold <= 1)) throw new UsageError(`--repack-threshold ${JSON.stringify(o.repackThreshold)} is not a fraction between 0 and 1`);
         }
         const retireMs = o.retire !== undefined ? duration(o.retire) : undefined;
-        printRecord(g().format, await collectGarbage(app, { graceMs: o.grace ? duration(o.grace) : 0, repackThreshold, retireMs }));
+        // a test hook: the crash tests make the process die (SIGKILL) at a named step of a repack
+        const dieAt = process.env.BLOCKGATE_TEST_GC_KILL_AT;
+        const onStep = dieAt ? (step: string) => void (step === dieAt && process.kill(process.pid, 'SIGKILL')) : undefined;
+        printRecord(g().format, await collectGarbage(app, { graceMs: o.grace ? duration(o.grace) : 0, repackThreshold, retireMs, onStep }));
       }),
     );
 }
