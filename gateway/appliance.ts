@@ -15,6 +15,8 @@ import type { VolumeDriver } from '../drivers/volume/types.js';
 import type { BackupRecord, VolumeRecord } from '../catalog/records.js';
 import os from 'node:os';
 import { EventBus } from './events/bus.js';
+import { EVENTS_DIR, EventLog } from './events/log.js';
+import { KafkaSink, type KafkaSinkOptions } from './events/kafka.js';
 import { followRepository } from './engine/follow.js';
 import { followPacks } from './engine/repack.js';
 import { repoSecrets } from './repo-secrets.js';
@@ -49,13 +51,45 @@ export function registerVolumeDriver(name: string, f: VolumeDriverFactory): void
 export class Appliance {
   private poolInstance?: ChunkWorkerPool;
   /** every event of this process (jobs, exports, GC, verify); sinks are added from the config */
-  readonly events = new EventBus(os.hostname());
+  readonly events: EventBus;
+  /** the embedded event log of the data dir (the default sink, and what Kafka ships from) */
+  readonly eventLog: EventLog;
+  /** set when this process ships the event log to Kafka (the daemon, with `kafka` configured) */
+  kafkaSink?: KafkaSink;
+  /** events rotated out of the log before Kafka got them (counted here, logged at most every 10 s) */
+  eventsLost = 0;
 
   private constructor(
     readonly config: ApplianceConfig,
     readonly catalog: Catalog,
     readonly repo: Repository,
-  ) {}
+  ) {
+    let lossLogged = 0;
+    const warn = (fields: Record<string, unknown>, msg: string) => process.stderr.write(`${JSON.stringify({ level: 40, time: Date.now(), ...fields, msg })}\n`);
+    this.events = new EventBus(config.node ?? os.hostname(), (where, e) => warn({ event: 'event-sink-failed', where, error: e.message }, `event ${where} failed: ${e.message}`));
+    this.eventLog = new EventLog(path.join(config.dataDir, EVENTS_DIR), {
+      maxBytes: config.events.maxBytes,
+      onLoss: (segment, lines) => {
+        this.eventsLost += lines;
+        if (Date.now() - lossLogged < 10_000) return;
+        lossLogged = Date.now();
+        warn({ event: 'events-lost', segment, lines, total: this.eventsLost }, `the event log is full and Kafka is not taking events: ${this.eventsLost} events rotated out before they were sent (raise events.maxBytes or bring the broker back)`);
+      },
+    });
+    this.events.addSink(this.eventLog);
+  }
+
+  /**
+   * Ships the event log to Kafka when `kafka` is configured (the daemon does; a CLI process
+   * only appends to the log, which the daemon ships). Never waits for the broker.
+   */
+  shipEvents(log?: KafkaSinkOptions['log']): KafkaSink | undefined {
+    const k = this.config.kafka;
+    if (!k || this.kafkaSink) return this.kafkaSink;
+    this.kafkaSink = new KafkaSink(this.eventLog.dir, { brokers: k.brokers, topic: k.eventsTopic, clientId: `blockgate-${this.events.node}`, maxInFlight: k.maxInFlight, startAt: this.eventLog.end(), log });
+    this.events.addSink(this.kafkaSink);
+    return this.kafkaSink;
+  }
 
   static async open(dataDirOrConfig?: string | ApplianceConfig): Promise<Appliance> {
     const config = typeof dataDirOrConfig === 'object' ? dataDirOrConfig : loadConfig(dataDirOrConfig);

@@ -10,6 +10,7 @@ import { DEFAULT_CHUNK } from '../drivers/chunk.js';
 import type { CodecName } from '../drivers/codec.js';
 import type { S3StoreOptions } from '../drivers/store/s3.js';
 import { type NbdAccessRule, validateRule } from './exports/access.js';
+import { checkName } from './names.js';
 import { parseSize } from './size.js';
 
 export interface DirRepoConfig {
@@ -41,6 +42,95 @@ export interface ApplianceConfig {
    * repository is refused.
    */
   encryption?: { keyFile?: string; passphraseFile?: string };
+  /** this daemon's name in a cluster of nodes (`serve --node NAME`; default the host name) */
+  node?: string;
+  /** Kafka: events to a topic, and (with several nodes) the shared job queue; absent = embedded only */
+  kafka?: KafkaConfig;
+  /** the embedded event log */
+  events: EventsConfig;
+}
+
+/** `kafka` in blockgate.json */
+export interface KafkaConfig {
+  /** bootstrap servers, "host:port,host:port" */
+  brokers: string;
+  /** where events go (default blockgate.events) */
+  eventsTopic: string;
+  /** the nodes' shared job queue (default blockgate.jobs) */
+  jobsTopic: string;
+  /** node heartbeats (default blockgate.nodes) */
+  nodesTopic: string;
+  /** events handed to the producer and not yet acknowledged (default 10000; the rest waits in the event log) */
+  maxInFlight: number;
+  /** a node heartbeats this often (default 1000 ms) ... */
+  heartbeatMs: number;
+  /** ... and is down after this long without one (default 5000 ms) */
+  nodeTimeoutMs: number;
+}
+
+/** `events` in blockgate.json: bounds of the embedded event log */
+export interface EventsConfig {
+  /** all segments together (default 64M) */
+  maxBytes: number;
+}
+
+const KAFKA_KEYS = ['brokers', 'eventsTopic', 'jobsTopic', 'nodesTopic', 'maxInFlight', 'heartbeatMs', 'nodeTimeoutMs'];
+const TOPIC_RE = /^[A-Za-z0-9._-]{1,249}$/;
+const BROKER_RE = /^[A-Za-z0-9.-]+:\d{1,5}$|^\[[0-9A-Fa-f:.]+\]:\d{1,5}$/;
+
+/** `kafka`, `node` and `events` of blockgate.json, checked; errors name the file and the key */
+export function validateEventsAndNodes(raw: Record<string, unknown>, where: string): Pick<ApplianceConfig, 'node' | 'kafka' | 'events'> {
+  const obj = (k: string): Record<string, unknown> | undefined => {
+    const v = raw[k];
+    if (v === undefined) return undefined;
+    if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Error(`${where}: ${k} must be an object`);
+    return v as Record<string, unknown>;
+  };
+  const int = (r: Record<string, unknown>, key: string, def: number, min: number, max: number, size = false): number => {
+    let v = r[key.split('.').pop()!];
+    if (v === undefined) return def;
+    if (size && typeof v === 'string') {
+      try {
+        v = parseSize(v);
+      } catch (e) {
+        throw new Error(`${where}: ${key}: ${(e as Error).message}`);
+      }
+    }
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new Error(`${where}: ${key} must be a whole number from ${min} to ${max}`);
+    return v;
+  };
+  let node: string | undefined;
+  if (raw.node !== undefined) {
+    try {
+      node = checkName('node', raw.node);
+    } catch (e) {
+      throw new Error(`${where}: ${(e as Error).message}`);
+    }
+  }
+  const ev = obj('events') ?? {};
+  for (const k of Object.keys(ev)) if (k !== 'maxBytes') throw new Error(`${where}: unknown key events.${k} (known: maxBytes)`);
+  const events: EventsConfig = { maxBytes: int(ev, 'events.maxBytes', 64 * 1024 * 1024, 64 * 1024, 2 ** 40, true) };
+  const k = obj('kafka');
+  if (!k) return { node, events };
+  for (const key of Object.keys(k)) if (!KAFKA_KEYS.includes(key)) throw new Error(`${where}: unknown key kafka.${key} (known: ${KAFKA_KEYS.join(', ')})`);
+  const brokers = Array.isArray(k.brokers) ? k.brokers.join(',') : k.brokers;
+  if (typeof brokers !== 'string' || !brokers.split(',').every((b) => BROKER_RE.test(b.trim()))) throw new Error(`${where}: kafka.brokers must be "host:port" or a list of them`);
+  const topic = (key: string, def: string): string => {
+    const v = k[key] ?? def;
+    if (typeof v !== 'string' || !TOPIC_RE.test(v)) throw new Error(`${where}: kafka.${key} must be a topic name (letters, digits, '.', '_', '-')`);
+    return v;
+  };
+  const heartbeatMs = int(k, 'kafka.heartbeatMs', 1000, 100, 60_000);
+  const kafka: KafkaConfig = {
+    brokers: brokers.split(',').map((b) => b.trim()).join(','),
+    eventsTopic: topic('eventsTopic', 'blockgate.events'),
+    jobsTopic: topic('jobsTopic', 'blockgate.jobs'),
+    nodesTopic: topic('nodesTopic', 'blockgate.nodes'),
+    maxInFlight: int(k, 'kafka.maxInFlight', 10_000, 1, 1_000_000),
+    heartbeatMs,
+    nodeTimeoutMs: int(k, 'kafka.nodeTimeoutMs', 5000, 2 * heartbeatMs, 600_000),
+  };
+  return { node, kafka, events };
 }
 
 /** `nbd` in blockgate.json: where the daemon listens, TLS, who sees what, and its bounds. */
@@ -134,6 +224,7 @@ export function loadConfig(dataDir = defaultDataDir()): ApplianceConfig {
     codec: 'zstd',
     cacheBytes: 128 * 1024 * 1024,
     pipelineDepth: 6,
+    events: { maxBytes: 64 * 1024 * 1024 },
     nbd: {
       host: '127.0.0.1',
       port: 10809,
@@ -154,7 +245,7 @@ export function loadConfig(dataDir = defaultDataDir()): ApplianceConfig {
       throw new Error(`cannot read ${file}: ${(e as Error).message}`);
     }
   }
-  const cfg: ApplianceConfig = { ...base, ...fromFile, dataDir, nbd: validateNbd(fromFile.nbd, base.nbd, dataDir, file) };
+  const cfg: ApplianceConfig = { ...base, ...fromFile, dataDir, nbd: validateNbd(fromFile.nbd, base.nbd, dataDir, file), ...validateEventsAndNodes(fromFile as Record<string, unknown>, file) };
   const env = process.env;
   if (env.BLOCKGATE_CACHE_BYTES) cfg.cacheBytes = Number(env.BLOCKGATE_CACHE_BYTES);
   if (env.BLOCKGATE_NBD_PORT) cfg.nbd.port = Number(env.BLOCKGATE_NBD_PORT);

@@ -12,6 +12,7 @@ import type { Appliance } from './appliance.js';
 import { NbdAccess } from './exports/access.js';
 import { BackupExports } from './exports/backups.js';
 import { ExportRegistry } from './exports/registry.js';
+import { exportEvents } from './events/emitters.js';
 import { CachedChunkReader, RepoChunkReader } from './read/chunk-reader.js';
 
 export interface ServeOptions {
@@ -57,7 +58,7 @@ export class Daemon {
 
   constructor(readonly app: Appliance, readonly opts: ServeOptions, readonly log: Logger) {
     this.chunks = new CachedChunkReader(new RepoChunkReader(app.repo, app.pool), app.config.cacheBytes);
-    this.registry = new ExportRegistry((event, fields) => log.info({ event, ...fields }, event));
+    this.registry = new ExportRegistry(exportEvents(app.events, (event, fields) => log.info({ event, ...fields }, event)));
     this.backups = new BackupExports(app, this.chunks);
     this.registry.addSource(this.backups);
     this.backups.onSaved = (id, name, error) =>

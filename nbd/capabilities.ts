@@ -3,7 +3,7 @@
  * transmission flags and size constraints. Used by the handshake (INFO/GO/EXPORT_NAME)
  * and by the request checks in the transmission phase, so both always agree.
  */
-import type { BlockDevice } from './blockdev.js';
+import type { BlockDevice } from '../blockdev/types.js';
 import { TF } from './protocol.js';
 
 export interface ExportCaps {

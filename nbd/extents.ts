@@ -3,7 +3,7 @@
  * contiguous, clamped to the request, merged when flags repeat. Used by BLOCK_STATUS
  * (base:allocation) and to split structured reads into data and hole chunks.
  */
-import type { BlockDevice } from './blockdev.js';
+import type { BlockDevice } from '../blockdev/types.js';
 import { STATE_HOLE, STATE_ZERO } from './protocol.js';
 
 export interface Segment {

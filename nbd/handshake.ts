@@ -3,7 +3,7 @@
  * picks an export (EXPORT_NAME or GO) or gives up. Every option length is bounded before
  * anything is read; malformed options get NBD_REP_ERR_INVALID and negotiation goes on.
  */
-import type { BlockDevice } from './blockdev.js';
+import type { BlockDevice } from '../blockdev/types.js';
 import { exportCaps, type ExportCaps } from './capabilities.js';
 import type { SocketReader } from './reader.js';
 import {

@@ -2,7 +2,7 @@
  * NBD wire constants and encoders (NetworkBlockDevice doc/proto.md, fixed newstyle).
  * Every multi-byte field is big-endian. Nothing here does I/O.
  */
-import { BlockDeviceError } from './blockdev.js';
+import { BlockDeviceError } from '../blockdev/types.js';
 
 export const NBDMAGIC = 0x4e42444d41474943n; // "NBDMAGIC"
 export const IHAVEOPT = 0x49484156454f5054n; // "IHAVEOPT"

@@ -4,7 +4,7 @@
  * reply is written as one corked burst (header + data in a single writev), so replies never
  * interleave on the wire while still completing out of order.
  */
-import type { BlockDevice } from './blockdev.js';
+import type { BlockDevice } from '../blockdev/types.js';
 import type { Negotiated } from './handshake.js';
 import { EofError, type SocketReader } from './reader.js';
 import { CMD, CMD_FLAG, ERR, REQUEST_HEADER_SIZE, TF, commandName, errnoOf, messageOf, parseRequest, type Request } from './protocol.js';

@@ -1,6 +1,6 @@
 /** Public types of the NBD server (re-exported by nbd/server.ts). */
 import type { SecureContext } from 'node:tls';
-import type { BlockDevice } from './blockdev.js';
+import type { BlockDevice } from '../blockdev/types.js';
 
 export interface ExportInfo {
   name: string;

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { tmpDir } from './helpers/core.js';
 import { makeExt4, must, partxList, writeSourceTree } from './helpers/fuse.js';
-import { readPartitionTable, type PartitionTable } from '../gateway/fuse/partitions.js';
+import { readPartitionTable, type PartitionTable } from '../blockdev/partitions.js';
 import { backupDirNames, buildSnapshot, safeName } from '../gateway/fuse/tree.js';
 import type { BackupRecord, VolumeRecord } from '../catalog/records.js';
 

@@ -16,7 +16,7 @@ import pino from 'pino';
 import { Appliance } from '../gateway/appliance.js';
 import { loadConfig, saveConfig } from '../gateway/config.js';
 import { Daemon } from '../gateway/daemon.js';
-import { CowOverlay } from '../gateway/devices/overlay.js';
+import { CowOverlay } from '../blockdev/overlay.js';
 import { createVolume } from '../gateway/engine/volumes.js';
 import { prepareRestore, runRestore } from '../gateway/engine/restore.js';
 import { runBackup, startBackup } from '../gateway/engine/backup.js';

@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { BlockDevice } from '../nbd/blockdev.js';
+import type { BlockDevice } from '../blockdev/types.js';
 import { FileDevice } from './helpers/nbd-devices.js';
 import { runOk, startServer, tempDir } from './helpers/nbd-harness.js';
 

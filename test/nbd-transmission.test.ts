@@ -3,7 +3,7 @@
  * error mapping, out-of-order replies, structured chunks, in-flight bounds, shutdown.
  */
 import test from 'ava';
-import { BlockDeviceError } from '../nbd/blockdev.js';
+import { BlockDeviceError } from '../blockdev/types.js';
 import { startServer, waitIdle } from './helpers/nbd-harness.js';
 import { RawClient } from './helpers/nbd-rawclient.js';
 import { CHUNK, CMD, E, MiB, client, device, expectClosed, stillServes } from './helpers/nbd-wire.js';

@@ -7,6 +7,7 @@ import { exitCodeFor } from './cli/output.js';
 import { extraCommands } from './cli/extra.js';
 import { recordCommands } from './cli/records.js';
 import { repoKeyCommands } from './cli/repo-keys.js';
+import { eventsCommands } from './cli/events.js';
 
 // belt and braces: whatever a module creates without an explicit mode is private too
 process.umask(0o077);
@@ -31,6 +32,7 @@ jobCommands(program, globals);
 extraCommands(program, globals);
 recordCommands(program, globals);
 repoKeyCommands(program, globals);
+eventsCommands(program, globals);
 
 try {
   await program.parseAsync(process.argv);

@@ -7,13 +7,14 @@ mode="${1:---runtime}"
 runtime=(fuse3 libfuse2 e2fsprogs util-linux mount)
 testing=(qemu-utils libnbd-bin python3-libnbd nbdkit fio gdisk xfsprogs parted openssl)  # libnbd-bin also provides nbdfuse
 bench=(restic borgbackup time)
+kafka=(gcc libc6-dev librdkafka-dev kcat)  # tools/kafka: the test broker (librdkafka's mock cluster)
 ceph=(ceph ceph-mon ceph-osd ceph-mgr radosgw ceph-common python3-rados python3-rbd)
 pkgs=("${runtime[@]}")
 case "$mode" in
   --runtime) ;;
-  --test) pkgs+=("${testing[@]}" "${ceph[@]}") ;;
-  --bench) pkgs+=("${testing[@]}" "${bench[@]}" "${ceph[@]}") ;;
-  --all) pkgs+=("${testing[@]}" "${bench[@]}" "${ceph[@]}") ;;
+  --test) pkgs+=("${testing[@]}" "${kafka[@]}" "${ceph[@]}") ;;
+  --bench) pkgs+=("${testing[@]}" "${bench[@]}" "${kafka[@]}" "${ceph[@]}") ;;
+  --all) pkgs+=("${testing[@]}" "${bench[@]}" "${kafka[@]}" "${ceph[@]}") ;;
   *) echo "usage: tools/setup.sh [--runtime|--test|--bench|--all]" >&2; exit 2 ;;
 esac
 missing=()

@@ -13,6 +13,7 @@ fi
 npm run build --silent || { echo "build failed"; echo "0 passed, 1 failed"; exit 1; }
 
 cleanup() {
+  if [ -n "${BG_KAFKA_DIR:-}" ]; then bash "$root/tools/kafka/kafka.sh" down "$BG_KAFKA_DIR" >/dev/null 2>&1 || true; fi
   if [ -n "${BG_CEPH_DIR:-}" ]; then
     bash "$root/tools/ceph/ceph-down.sh" "$BG_CEPH_DIR" >/dev/null 2>&1 || true
     rm -f "$BG_CEPH_DIR.log"
@@ -33,6 +34,17 @@ fi
 
 files=("$@")
 [ ${#files[@]} -gt 0 ] || files=(dist/test/*.test.js)
+
+# one Kafka-protocol broker (tools/kafka: librdkafka's mock cluster) for the events and nodes suites
+if [ -z "${KAFKA_BROKERS:-}" ] && printf '%s\n' "${files[@]}" | grep -qE '(events|nodes)-[^/]*$'; then
+  BG_KAFKA_DIR=$(mktemp -d /tmp/blockgate-kafka.XXXXXX)
+  if out=$(bash tools/kafka/kafka.sh up "$BG_KAFKA_DIR" 2>&1); then
+    eval "$out"; export KAFKA_BROKERS
+  else
+    echo "kafka broker failed to start:"; echo "$out"
+    [ "${CI:-}" = true ] && { echo "0 passed, 1 failed"; exit 1; }
+  fi
+fi
 tap=$(mktemp)
 npx ava --tap "${files[@]}" 2>&1 | tee "$tap"
 status=${PIPESTATUS[0]}

@@ -7,7 +7,8 @@ import fs from 'node:fs/promises';
 import { constants as C } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { BlockDeviceError, type Extent } from '../../nbd/blockdev.js';
+import { BlockDeviceError, type Extent } from '../../blockdev/types.js';
+import { checkRange, zeroByWrites } from '../../blockdev/filter.js';
 import type { VolumeDevice, VolumeDriver } from './types.js';
 
 const run = promisify(execFile);
@@ -37,9 +38,7 @@ export class FileVolumeDevice implements VolumeDevice {
   ) {}
 
   private check(offset: number, length: number): void {
-    if (offset < 0 || length < 0 || offset + length > this.size) {
-      throw new BlockDeviceError('EINVAL', `range ${offset}+${length} is outside the volume (${this.size} bytes)`);
-    }
+    checkRange(this.size, offset, length, 'the volume');
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
@@ -74,9 +73,7 @@ export class FileVolumeDevice implements VolumeDevice {
   }
 
   async zero(offset: number, length: number, opts?: { fua?: boolean }): Promise<void> {
-    const step = 1024 * 1024;
-    const z = Buffer.alloc(Math.min(step, length));
-    for (let o = 0; o < length; o += step) await this.write(offset + o, z.subarray(0, Math.min(step, length - o)));
+    await zeroByWrites((o, d) => this.write(o, d), offset, length);
     if (opts?.fua) await this.fh.datasync();
   }
 

@@ -17,7 +17,8 @@
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import fs from 'node:fs';
-import { BlockDeviceError, type Extent, type ZeroOptions } from '../../nbd/blockdev.js';
+import { BlockDeviceError, type Extent, type ZeroOptions } from '../../blockdev/types.js';
+import { checkRange } from '../../blockdev/filter.js';
 import type { VolumeDevice } from './types.js';
 
 const HELPER = String.raw`
@@ -239,9 +240,7 @@ export class RbdImageDevice implements VolumeDevice {
   }
 
   private check(offset: number, length: number): void {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
-      throw new BlockDeviceError('EINVAL', `range ${offset}+${length} is outside the RBD image ${this.spec} (${this.size} bytes)`);
-    }
+    checkRange(this.size, offset, length, `the RBD image ${this.spec}`);
   }
 
   private writable(): void {

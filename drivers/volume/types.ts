@@ -4,7 +4,7 @@
  * a point-in-time snapshot of the volume whose changed extents since an earlier snapshot
  * arrive with their data, so an incremental touches only the chunks that changed.
  */
-import type { BlockDevice } from '../../nbd/blockdev.js';
+import type { BlockDevice } from '../../blockdev/types.js';
 
 /** One changed extent of a change stream: data, or a range that now reads as zeroes. */
 export interface ChangedExtent {

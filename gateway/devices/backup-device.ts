@@ -3,7 +3,8 @@
  * offset costs one map lookup and one chunk read, whatever the chain depth. Holes read as
  * zeroes and are reported as such by block status. Sequential readers get read-ahead.
  */
-import { BlockDeviceError, type BlockDevice, type Extent } from '../../nbd/blockdev.js';
+import { BlockDeviceError, type BlockDevice, type Extent } from '../../blockdev/types.js';
+import { checkRange } from '../../blockdev/filter.js';
 import type { MapReader } from '../../catalog/blockmap.js';
 import type { ChunkReader } from '../read/chunk-reader.js';
 
@@ -36,9 +37,7 @@ export class BackupDevice implements BlockDevice {
   }
 
   private check(offset: number, length: number): void {
-    if (offset < 0 || length < 0 || offset + length > this.size) {
-      throw new BlockDeviceError('EINVAL', `range ${offset}+${length} is outside the device (${this.size} bytes)`);
-    }
+    checkRange(this.size, offset, length);
   }
 
   private async chunk(i: number): Promise<Buffer | null> {

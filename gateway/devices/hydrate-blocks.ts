@@ -4,7 +4,8 @@
  * (every change of a block not owned runs under it, see (d) in hydrate.ts), the content a
  * block must have when it is first owned, and zeroing a range of the target.
  */
-import { BlockDeviceError, type BlockDevice } from '../../nbd/blockdev.js';
+import { BlockDeviceError, type BlockDevice } from '../../blockdev/types.js';
+import { zeroByWrites } from '../../blockdev/filter.js';
 import type { HydrateSource } from './hydrate-types.js';
 
 export class HydrateBlocks {
@@ -82,8 +83,6 @@ export class HydrateBlocks {
       await this.target.zero(offset, length, { mayTrim: true });
       return;
     }
-    const step = 1024 * 1024;
-    const z = Buffer.alloc(Math.min(step, length));
-    for (let o = 0; o < length; o += step) await this.target.write!(offset + o, z.subarray(0, Math.min(step, length - o)));
+    await zeroByWrites((o, d) => this.target.write!(o, d), offset, length);
   }
 }

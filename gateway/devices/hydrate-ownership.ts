@@ -8,7 +8,7 @@
  * safe; the argument, (a)-(d), is in the header of gateway/devices/hydrate.ts. Do not reverse
  * it, and do not commit a block before its data reached the target.
  */
-import { BlockDeviceError } from '../../nbd/blockdev.js';
+import { BlockDeviceError } from '../../blockdev/types.js';
 import type { HydrateOptions } from './hydrate-types.js';
 
 const NOT_OWNED = 0;

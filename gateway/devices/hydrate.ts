@@ -55,7 +55,8 @@
  * locks and content; hydrate-ownership.ts the ownership state and sync(), which implements
  * the ordering of (a) and (c); hydrate-copier.ts the background copier and completion.
  */
-import { BlockDeviceError, type BlockDevice, type Extent, type ZeroOptions } from '../../nbd/blockdev.js';
+import { BlockDeviceError, type BlockDevice, type Extent, type ZeroOptions } from '../../blockdev/types.js';
+import { checkRange } from '../../blockdev/filter.js';
 import { HydrateBlocks } from './hydrate-blocks.js';
 import { Copier } from './hydrate-copier.js';
 import { Ownership, type SyncKind } from './hydrate-ownership.js';
@@ -128,9 +129,7 @@ export class HydrateDevice implements BlockDevice {
 
   private check(offset: number, length: number): void {
     if (this.dead) throw this.dead;
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
-      throw new BlockDeviceError('EINVAL', `range ${offset}+${length} is outside the device (${this.size} bytes)`);
-    }
+    checkRange(this.size, offset, length);
   }
 
   private track<T>(p: Promise<T>): void {

@@ -11,7 +11,7 @@ import { MapBuilder, MapReader, holePage, pageEntriesFor } from '../../catalog/b
 import { encodeManifest } from '../../catalog/manifest.js';
 import { type BackupRecord, now, sizeGiB } from '../../catalog/records.js';
 import type { ChangeSource } from '../../drivers/volume/types.js';
-import type { BlockDevice } from '../../nbd/blockdev.js';
+import type { BlockDevice } from '../../blockdev/types.js';
 import type { Appliance } from '../appliance.js';
 import { RepoChunkReader } from '../read/chunk-reader.js';
 import { ChunkSink } from './chunk-sink.js';

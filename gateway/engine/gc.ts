@@ -80,7 +80,7 @@ export async function collectGarbage(app: Appliance, opts: GcOptions = {}): Prom
       const writers = await liveWriters(store);
       if (writers.length) throw new ConflictError(`a backup is being written to the repository (${writers.map(describeHolder).join('; ')}); run gc when it ends`);
       const epoch = await newEpoch(store);
-      return await markAndSweep(app, epoch, opts);
+      return app.events.tap('gc.end', repo.config.id, await markAndSweep(app, epoch, opts));
     } finally {
       await lock.release();
     }

@@ -192,6 +192,7 @@ export async function pruneVolume(app: Appliance, volume: string, policy: PruneP
       }
     }
   }
+  if (!opts.dryRun) app.events.emit('prune.end', v.id, { volume_id: v.id, volume_name: v.name, removed, kept: rows.filter((r) => r.action === 'keep').length });
   return {
     volume: v.name,
     dry_run: !!opts.dryRun,

@@ -359,7 +359,7 @@ async function verifyHeld(app: Appliance, b: BackupRecord, opts: VerifyOptions):
     if (!cur) return;
     catalog.backups.putSync(b.id, { ...cur, verified_at: result.verified_at, verify_state: result.verify_state, verify_failures: failures, updated_at: result.verified_at });
   });
-  return result;
+  return app.events.tap('verify.end', result.id, result, { backup_id: result.id, volume_name: result.volume_name, status: result.verify_state, failed_blocks: result.failed_blocks, quick: !!opts.quick });
 }
 
 /** Verifies the given backups (default: every available one), sharing one result cache. */

@@ -115,6 +115,12 @@ export class EventBus {
     return event;
   }
 
+  /** emits `type` about `resource` with `payload` (default: `result` itself) and returns `result`: one line at the end of an operation */
+  tap<T extends object>(type: EventType, resource: string, result: T, payload?: EventPayload): T {
+    this.emit(type, resource, payload ?? ({ ...result } as EventPayload));
+    return result;
+  }
+
   /** hands an event made elsewhere (another node's, read from Kafka) to the listeners only */
   relay(event: BlockgateEvent): void {
     for (const fn of this.listeners) this.guard('listener', () => fn(event));

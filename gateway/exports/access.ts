@@ -17,6 +17,7 @@
  *   matching rules add up.
  */
 import type { ClientInfo, ExportAccess } from '../../nbd/server.js';
+import { partitionExportName } from './registry.js';
 
 export interface NbdAccessRule {
   identity: string;
@@ -93,6 +94,9 @@ export class NbdAccess {
   }
 
   decide(name: string, client: ClientInfo): ExportAccess {
+    // a partition of an export (NAME/partN) is seen by whoever sees NAME, read-only
+    const part = partitionExportName(name);
+    if (part) return this.decide(part.base, client) === 'none' ? 'none' : 'read';
     if (client.listener.transport === 'unix') return 'write';
     if (this.adminTcp) return 'write';
     const cert = client.certificate;

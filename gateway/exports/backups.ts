@@ -9,12 +9,12 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
-import type { BlockDevice } from '../../nbd/blockdev.js';
+import type { BlockDevice } from '../../blockdev/types.js';
 import type { ExportInfo } from '../../nbd/server.js';
 import type { BackupRecord } from '../../catalog/records.js';
 import type { Appliance } from '../appliance.js';
 import { BackupDevice } from '../devices/backup-device.js';
-import { CowOverlay } from '../devices/overlay.js';
+import { CowOverlay } from '../../blockdev/overlay.js';
 import type { ChunkReader } from '../read/chunk-reader.js';
 import type { ExportSource } from './registry.js';
 import { ConflictError, NotFoundError } from '../../catalog/catalog.js';

@@ -15,11 +15,11 @@ import os from 'node:os';
 import { constants as fsc } from 'node:fs';
 import type { Appliance } from '../appliance.js';
 import type { BackupRecord } from '../../catalog/records.js';
-import type { BlockDevice } from '../../nbd/blockdev.js';
+import type { BlockDevice } from '../../blockdev/types.js';
 import { BackupDevice } from '../devices/backup-device.js';
 import { CachedChunkReader, RepoChunkReader, type ChunkReader } from '../read/chunk-reader.js';
-import { readPartitionTable, type PartitionTable } from './partitions.js';
-import { WindowDevice } from './window.js';
+import { readPartitionTable, type PartitionTable } from '../../blockdev/partitions.js';
+import { WindowDevice } from '../../blockdev/window.js';
 import { READABLE, buildSnapshot, backupPath, type BackupNode, type Snapshot, type VolumeNode } from './tree.js';
 
 const E = os.constants.errno;

@@ -5,17 +5,25 @@
  * resume at the next start).
  */
 import { type Daemon, nbdUris } from '../daemon.js';
+import { instantEvents, instantProgress } from '../events/emitters.js';
 import { parseSize } from '../size.js';
 import { BadRequestError, ControlServer, controlSocketPath } from './control.js';
 import { InstantRestores, type StartRequest } from './sessions.js';
 
+/** the session manager of each daemon (the REST API's instant restores use it) */
+export const instantOf = new WeakMap<Daemon, InstantRestores>();
+
+/** more control-socket routes by first path segment (the job module's /jobs): method, the rest of the path, body */
+export const controlRoutes = new Map<string, (method: string, parts: string[], body: Record<string, unknown>) => Promise<unknown>>();
+
 export async function installInstantRestore(d: Daemon): Promise<InstantRestores> {
-  const log = (event: string, fields: Record<string, unknown>) => {
+  const log = instantEvents(d.app.events, (event: string, fields: Record<string, unknown>) => {
     if (event.startsWith('hydrate-copy') || event === 'hydrate-sync-failed') d.log.warn({ event, ...fields }, event);
     else d.log.info({ event, ...fields }, event);
-  };
+  });
   const uris = (name: string) => nbdUris(d.opts.host, d.port || d.opts.port, d.opts.socket, name);
   const mgr = new InstantRestores(d.app, d.chunks, uris, log);
+  instantOf.set(d, mgr);
   d.registry.addSource(mgr);
   const control = await ControlServer.listen(d.app.config.dataDir, (method, parts, body) => handle(mgr, d, method, parts, body));
   if (!control) {
@@ -23,7 +31,9 @@ export async function installInstantRestore(d: Daemon): Promise<InstantRestores>
     return mgr;
   }
   await mgr.resumeAll();
+  const stopProgress = instantProgress(d.app.events, () => mgr.views());
   d.onStop(async () => {
+    stopProgress();
     await control.close();
     await mgr.stopAll();
   });
@@ -35,6 +45,8 @@ async function handle(mgr: InstantRestores, d: Daemon, method: string, parts: st
   for (let i = 0; i < 500 && !d.port; i++) await new Promise((r) => setTimeout(r, 10));
   const [root, ref, action] = parts;
   if (root === 'ping' && method === 'GET') return { pid: process.pid, dataDir: d.app.config.dataDir, port: d.port };
+  const extra = root ? controlRoutes.get(root) : undefined;
+  if (extra) return extra(method, parts.slice(1), body);
   if (root !== 'restores') throw new BadRequestError(`unknown route /${parts.join('/')}`);
   if (method === 'GET' && !ref) return mgr.views();
   if (method === 'GET' && ref && !action) return mgr.view(ref);

@@ -5,7 +5,7 @@
  * target of a completed session is closed while idle and stays served.
  */
 import type { SessionStore } from '../../catalog/sessions.js';
-import type { BlockDevice } from '../../nbd/blockdev.js';
+import type { BlockDevice } from '../../blockdev/types.js';
 import type { ExportInfo } from '../../nbd/server.js';
 import type { Appliance } from '../appliance.js';
 import type { HydrateDevice } from '../devices/hydrate.js';

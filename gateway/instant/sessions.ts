@@ -20,7 +20,7 @@
 import { ConflictError, NotFoundError, ownerHere } from '../../catalog/catalog.js';
 import { now } from '../../catalog/records.js';
 import { ACTIVE_STATES, type SessionRecord, SessionStore } from '../../catalog/sessions.js';
-import type { BlockDevice } from '../../nbd/blockdev.js';
+import type { BlockDevice } from '../../blockdev/types.js';
 import type { ExportInfo } from '../../nbd/server.js';
 import type { VolumeDevice } from '../../drivers/volume/types.js';
 import type { Appliance } from '../appliance.js';

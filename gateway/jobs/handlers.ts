@@ -11,7 +11,7 @@ import type { JobRecord, JobStore } from '../../catalog/jobs.js';
 import type { QuotaStore } from '../../catalog/quotas.js';
 import { SnapshotStore } from '../../catalog/snapshots.js';
 import { type BackupRecord, type BackupStatus, now } from '../../catalog/records.js';
-import type { BlockDevice } from '../../nbd/blockdev.js';
+import type { BlockDevice } from '../../blockdev/types.js';
 import type { Appliance } from '../appliance.js';
 import { runBackup } from '../engine/backup.js';
 import { completeDelete } from '../engine/delete.js';

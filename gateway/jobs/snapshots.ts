@@ -18,7 +18,7 @@ import { type SnapshotRecord, SnapshotStore } from '../../catalog/snapshots.js';
 import { now, sizeGiB, type VolumeRecord } from '../../catalog/records.js';
 import { FileVolume } from '../../drivers/volume/file.js';
 import { RbdVolume } from '../../drivers/volume/rbd.js';
-import { BlockDeviceError, type BlockDevice } from '../../nbd/blockdev.js';
+import { BlockDeviceError, type BlockDevice } from '../../blockdev/types.js';
 import type { Appliance } from '../appliance.js';
 
 /** the filesystem cannot make a reflink copy: HTTP 400 with this message */

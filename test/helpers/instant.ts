@@ -11,7 +11,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import type { ExecutionContext } from 'ava';
-import { BlockDeviceError, type BlockDevice } from '../../nbd/blockdev.js';
+import { BlockDeviceError, type BlockDevice } from '../../blockdev/types.js';
 import type { HydrateSource } from '../../gateway/devices/hydrate.js';
 import { CLI } from './core.js';
 import { waitListening } from './daemon.js';

@@ -4,7 +4,7 @@
  * read-only device. Both implement nbd/blockdev.ts's BlockDevice and nothing else.
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { BlockDeviceError, type BlockDevice, type BlockSizes, type Extent, type ZeroOptions } from '../../nbd/blockdev.js';
+import { BlockDeviceError, type BlockDevice, type BlockSizes, type Extent, type ZeroOptions } from '../../blockdev/types.js';
 
 export interface MemDeviceOptions {
   readOnly?: boolean;

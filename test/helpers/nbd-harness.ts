@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ExecutionContext } from 'ava';
-import type { BlockDevice } from '../../nbd/blockdev.js';
+import type { BlockDevice } from '../../blockdev/types.js';
 import { NbdServer, type ExportProvider, type NbdServerOptions } from '../../nbd/server.js';
 
 export interface TestExport {

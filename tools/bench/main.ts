@@ -16,6 +16,7 @@ import { benchMemory } from './memory.js';
 import { SUITE as REPO_SCALE, type ScaleRow, benchRepo } from './repo.js';
 import { ROUNDS, machine } from './stats.js';
 import { benchPacks, packsNotes } from './packs.js';
+import { benchEvents } from './events.js';
 
 const work = path.resolve(process.env.BENCH_DIR ?? '.bench');
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 2048);
@@ -33,6 +34,7 @@ const suites: Record<string, (work: string, sizeMiB: number) => Promise<Row[]>> 
   encryption: benchEncryption,
   memory: (work) => benchMemory(work),
   packs: benchPacks,
+  events: (work) => benchEvents(work),
 };
 const only = process.argv.slice(2);
 const rows: Row[] = [];

@@ -3,8 +3,6 @@ import { spawn } from 'node:child_process';
 import type { Command } from 'commander';
 import { ownerHere } from '../../catalog/catalog.js';
 import { processStart } from '../../drivers/process-identity.js';
-import { Appliance } from '../../gateway/appliance.js';
-import { loadConfig } from '../../gateway/config.js';
 import { runBackup, startBackup } from '../../gateway/engine/backup.js';
 import { deleteBackup } from '../../gateway/engine/delete.js';
 import { collectGarbage } from '../../gateway/engine/gc.js';
@@ -13,22 +11,11 @@ import { prepareRestoreToNewRbd } from '../../gateway/engine/restore-rbd.js';
 import { createVolume, deleteVolume, setAttached } from '../../gateway/engine/volumes.js';
 import { repoInfo } from '../../gateway/engine/repo-info.js';
 import { parseSize } from '../../gateway/size.js';
-import { type Format, UsageError, printRecord, printRows, progressBar } from './output.js';
+import { UsageError, printRecord, printRows, progressBar } from './output.js';
 import { type InstantRestoreOptions, instantRestore, instantRestoreOptions } from './instant.js';
+import { type Globals, withApp } from './context.js';
 
-export interface Globals {
-  dataDir?: string;
-  format: Format;
-}
-
-export async function withApp<T>(g: Globals, fn: (app: Appliance) => Promise<T>): Promise<T> {
-  const app = await Appliance.open(loadConfig(g.dataDir));
-  try {
-    return await fn(app);
-  } finally {
-    await app.close();
-  }
-}
+export { type Globals, withApp } from './context.js';
 
 function duration(text: string): number {
   const m = /^(\d+(?:\.\d+)?)(s|m|h|d)?$/.exec(text.trim());
@@ -58,10 +45,13 @@ export function volumeCommands(program: Command, g: () => Globals): void {
     .option('--rbd <pool/image>', 'Ceph RBD image (created with --size, else it must exist)')
     .option('--ceph-conf <file>', 'ceph.conf of the RBD cluster (default CEPH_CONF)')
     .option('--ceph-user <id>', 'ceph user for the RBD cluster (default BLOCKGATE_CEPH_USER, else admin)')
-    .action((o: { name: string; size?: string; file?: string; rbd?: string; cephConf?: string; cephUser?: string }) =>
+    .option('--project <id>', 'the project it belongs to in the API (default "default")')
+    .option('--user <id>', 'the user it belongs to in the API (default "admin")')
+    .action((o: { name: string; size?: string; file?: string; rbd?: string; cephConf?: string; cephUser?: string; project?: string; user?: string }) =>
       withApp(g(), async (app) => {
         if (!o.size && !o.file && !o.rbd) throw new UsageError('volume create needs --size, --file or --rbd');
-        printRecord(g().format, await createVolume(app, { name: o.name, size: o.size ? size(o.size) : undefined, file: o.file, rbd: o.rbd, cephConf: o.cephConf, cephUser: o.cephUser }));
+        for (const [k, v] of [['--project', o.project], ['--user', o.user]] as const) if (v !== undefined && !/^[A-Za-z0-9_.@-]{1,64}$/.test(v)) throw new UsageError(`${k} must be an id of letters, digits, '_', '.', '@', '-'`);
+        printRecord(g().format, await createVolume(app, { name: o.name, size: o.size ? size(o.size) : undefined, file: o.file, rbd: o.rbd, cephConf: o.cephConf, cephUser: o.cephUser, projectId: o.project, userId: o.user }));
       }),
     );
   vol.command('list').action(() => withApp(g(), async (app) => printRows(g().format, app.catalog.listVolumes() as never, VOLUME_COLS)));

@@ -2,11 +2,15 @@
 import type { Command } from 'commander';
 import { Appliance } from '../../gateway/appliance.js';
 import { loadConfig } from '../../gateway/config.js';
+import { checkName } from '../../gateway/names.js';
 import { Daemon, InsecureListenError, makeLogger, nbdUris } from '../../gateway/daemon.js';
+import { DEFAULT_API_PORT, apiSection, startService } from '../../gateway/api/install.js';
+import { InsecureApiError } from '../../gateway/api/server.js';
 import { BackupExports, OVERLAY_SUFFIX, type OverlaySaveRequest, overlaySaveKey } from '../../gateway/exports/backups.js';
 import { ConflictError, NotFoundError } from '../../catalog/catalog.js';
 import { SessionStore } from '../../catalog/sessions.js';
-import { type Globals, withApp } from './commands.js';
+import { installInstantRestore } from '../../gateway/instant/daemon.js';
+import { type Globals, withApp } from './context.js';
 import { UsageError, printRecord, printRows } from './output.js';
 
 export type DaemonHook = (d: Daemon) => Promise<void> | void;
@@ -27,15 +31,40 @@ export function serveCommands(program: Command, g: () => Globals): void {
     .option('--tls-key <file>', 'private key (PEM) for NBD TLS')
     .option('--tls-ca <file>', 'CA to verify client certificates')
     .option('--tls-required', 'refuse clients that do not start TLS')
-    .action(async (o: { nbdHost?: string; nbdPort?: string; nbdSocket?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsRequired?: boolean }) => {
+    .option('--node <name>', 'this node\'s name in a cluster of nodes sharing the repository and Kafka (default: node in blockgate.json, or the host name)')
+    .option('--api-host <host>', 'address of the Cinder v3 API (default 127.0.0.1)')
+    .option('--api-port <port>', `TCP port of the API (default ${DEFAULT_API_PORT}; 0 = any free port)`)
+    .option('--api-tls-cert <file>', 'x509 certificate (PEM): serve the API over HTTPS')
+    .option('--api-tls-key <file>', 'its private key (PEM)')
+    .option('--workers <n>', 'backups, restores and deletes run at once (Cinder backup_max_operations; default 2)')
+    .action(async (o: { node?: string; nbdHost?: string; nbdPort?: string; nbdSocket?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsRequired?: boolean; apiHost?: string; apiPort?: string; apiTlsCert?: string; apiTlsKey?: string; workers?: string }) => {
       const cfg = loadConfig(g().dataDir);
+      if (o.node !== undefined) cfg.node = checkName('node', o.node);
       const log = makeLogger();
+      const api = apiSection((cfg as unknown as { api?: unknown }).api, cfg.dataDir);
+      if (!!o.apiTlsCert !== !!o.apiTlsKey) throw new UsageError('--api-tls-cert and --api-tls-key go together');
+      const int = (v: string | undefined, what: string, min: number, max: number) => {
+        if (v === undefined) return undefined;
+        const n = Number(v);
+        if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`${what} must be a whole number from ${min} to ${max}`);
+        return n;
+      };
+      const apiPort = int(o.apiPort, '--api-port', 0, 65535) ?? api.port;
+      const service = {
+        host: o.apiHost ?? api.host ?? '127.0.0.1',
+        port: apiPort ?? DEFAULT_API_PORT,
+        portExplicit: apiPort !== undefined,
+        tls: o.apiTlsCert && o.apiTlsKey ? { cert: o.apiTlsCert, key: o.apiTlsKey } : api.tls,
+        workers: int(o.workers, '--workers', 1, 64) ?? api.workers ?? 2,
+        maxQueued: api.maxQueued ?? 64,
+      };
       if ((o.tlsCert && !o.tlsKey) || (!o.tlsCert && o.tlsKey)) throw new UsageError('--tls-cert and --tls-key go together');
       // options override nbd.tls of blockgate.json
       const fileTls = cfg.nbd.tls;
       const tls = o.tlsCert && o.tlsKey ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa ?? fileTls?.ca, required: o.tlsRequired ?? fileTls?.required } : fileTls ? { ...fileTls, ...(o.tlsCa ? { ca: o.tlsCa } : {}), ...(o.tlsRequired ? { required: true } : {}) } : undefined;
       if (!tls && (o.tlsCa || o.tlsRequired)) throw new UsageError('--tls-ca and --tls-required need --tls-cert and --tls-key (or nbd.tls in blockgate.json)');
       const app = await Appliance.open(cfg);
+      app.shipEvents((level, fields, msg) => log[level](fields, msg));
       const daemon = new Daemon(
         app,
         {
@@ -61,9 +90,20 @@ export function serveCommands(program: Command, g: () => Globals): void {
         process.once('SIGINT', () => stop('SIGINT'));
         process.once('SIGTERM', () => stop('SIGTERM'));
       });
+      // the daemon's features, registered explicitly
+      await installInstantRestore(daemon);
       for (const h of hooks) await h(daemon);
       await daemon.start();
+      let svc: Awaited<ReturnType<typeof startService>>;
+      try {
+        svc = await startService(daemon, service);
+      } catch (e) {
+        await daemon.stop();
+        await app.close();
+        throw e instanceof InsecureApiError ? new UsageError(e.message) : e;
+      }
       await stopped;
+      await svc.stop();
       await daemon.stop();
       await app.close();
       log.info({ event: 'stopped' }, 'stopped');

@@ -6,7 +6,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
-import { BlockDeviceError, type BlockDevice, type Extent } from '../../nbd/blockdev.js';
+import { BlockDeviceError, type BlockDevice, type Extent } from '../../blockdev/types.js';
 import { SocketReader } from '../../nbd/reader.js';
 import { OPTION_REPLY_MAGIC, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE } from '../../nbd/protocol.js';
 import type { ExportProvider, ServerContext } from '../../nbd/types.js';

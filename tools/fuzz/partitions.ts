@@ -4,7 +4,7 @@
  * never throw, never read past the end of the disk, and only report partitions inside it.
  */
 import zlib from 'node:zlib';
-import { readPartitionTable, type PartitionTable } from '../../gateway/fuse/partitions.js';
+import { readPartitionTable, type PartitionTable } from '../../blockdev/partitions.js';
 import { checkError, invariant, Finding, type Target } from './engine.js';
 import type { Rng } from './rng.js';
 

@@ -3,10 +3,12 @@
  * a sparse scratch file; reads of blocks written here come from it, the rest fall through
  * to the base, which is never touched. A partial write to a block not yet in the overlay
  * first copies that block from the base, so reads never see a mix of zeroes and new data.
+ * The base is borrowed, not owned: closing the overlay drops its scratch file only.
  */
 import fs from 'node:fs/promises';
 import { constants as fsc } from 'node:fs';
-import { BlockDeviceError, type BlockDevice, type Extent, type ZeroOptions } from '../../nbd/blockdev.js';
+import { checkRange, zeroByWrites } from './filter.js';
+import type { BlockDevice, Extent, ZeroOptions } from './types.js';
 
 export class CowOverlay implements BlockDevice {
   readonly readOnly = false;
@@ -41,9 +43,7 @@ export class CowOverlay implements BlockDevice {
   }
 
   private check(offset: number, length: number): void {
-    if (offset < 0 || length < 0 || offset + length > this.size) {
-      throw new BlockDeviceError('EINVAL', `range ${offset}+${length} is outside the device (${this.size} bytes)`);
-    }
+    checkRange(this.size, offset, length);
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
@@ -111,8 +111,7 @@ export class CowOverlay implements BlockDevice {
 
   async zero(offset: number, length: number, opts: ZeroOptions = {}): Promise<void> {
     this.check(offset, length);
-    const step = 4 * 1024 * 1024;
-    for (let o = 0; o < length; o += step) await this.write(offset + o, Buffer.alloc(Math.min(step, length - o)));
+    await zeroByWrites((o, d) => this.write(o, d), offset, length);
     if (opts.fua) await this.flush();
   }
 

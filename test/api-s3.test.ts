@@ -1,0 +1,142 @@
+/**
+ * Two daemons on one S3 bucket (the shared Ceph radosgw), driven by the real clients:
+ * export-record on one, import-record on the other, restore there bit-exact; and the cancels:
+ * force-delete of a backup being created, reset-state of a backup being restored (the target
+ * becomes error_restoring). On S3 with small chunks, one chunk in flight, both last seconds.
+ */
+import test from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { createHash, randomBytes } from 'node:crypto';
+import type { JobRecord } from '../catalog/jobs.js';
+import { S3Store } from '../drivers/store/s3.js';
+import { controlRequest } from '../gateway/instant/control.js';
+import { cliJson, tmpDir } from './helpers/core.js';
+import { getS3 } from './helpers/ceph.js';
+import { type ApiDaemon, backupStatus, cinder, http, ok, openstack, props, startApi, until, volumeStatus, waitBackup, waitVolume } from './helpers/api.js';
+
+const MiB = 1024 * 1024;
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+async function s3Dirs(t: import('ava').ExecutionContext, names: string[]): Promise<Record<string, string>> {
+  const s3 = await getS3();
+  const bucket = `bg-api-${randomBytes(4).toString('hex')}`;
+  const repository = { driver: 's3', endpoint: s3.endpoint, region: s3.region, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey, bucket };
+  const st = await S3Store.open({ ...repository, createBucket: true } as never);
+  t.teardown(async () => {
+    for await (const n of st.list('')) await st.delete(n);
+    await st.close();
+  });
+  const root = tmpDir(t);
+  const out: Record<string, string> = {};
+  for (const n of names) {
+    const d = path.join(root, n);
+    fs.mkdirSync(d, { recursive: true, mode: 0o700 });
+    fs.writeFileSync(path.join(d, 'blockgate.json'), JSON.stringify({ chunkSize: 64 * 1024, codec: 'zstd', pipelineDepth: 1, repository }), { mode: 0o600 });
+    out[n] = d;
+  }
+  return out;
+}
+
+async function jobOf(d: ApiDaemon, backupId: string, kind: string): Promise<JobRecord | undefined> {
+  const all = await controlRequest<JobRecord[]>(d.dataDir, 'GET', '/jobs');
+  return all.filter((j) => j.backup_id === backupId && j.kind === kind).at(-1);
+}
+
+test('export-record on one daemon, import-record on another sharing the bucket, restore there bit-exact', async (t) => {
+  t.timeout(5 * 60_000);
+  const dirs = await s3Dirs(t, ['a', 'b']);
+  const img = path.join(dirs.a!, '..', 'src.img');
+  const data = randomBytes(8 * MiB);
+  fs.writeFileSync(img, data);
+  await cliJson(dirs.a!, ['volume', 'create', '--name', 'src', '--file', img, '--project', 'p1']);
+  const a = await startApi(t, dirs.a!);
+  const b = await startApi(t, dirs.b!);
+  const bk = props(await ok(cinder(a, 'admin', 'p1', ['backup-create', '--name', 'seed', 'src'])));
+  t.is(await waitBackup(a, bk.id!), 'available');
+
+  const exported = props(await ok(cinder(a, 'admin', 'p1', ['backup-export', bk.id!])));
+  t.is(exported.backup_service, 'blockgate.s3');
+  const osc = JSON.parse(await ok(openstack(a, ['volume', 'backup', 'record', 'export', bk.id!, '-f', 'json'], { endpoint: `${a.url}/v3/p1` }))) as { backup_service: string; backup_url: string };
+  t.is(osc.backup_url, exported.backup_url);
+  t.is((await cinder(b, 'admin', 'p1', ['backup-show', bk.id!])).code, 1, 'B does not know it yet');
+
+  const imported = props(await ok(cinder(b, 'admin', 'p1', ['backup-import', exported.backup_service!, exported.backup_url!])));
+  t.is(imported.id, bk.id);
+  const shown = props(await ok(cinder(b, 'admin', 'p1', ['backup-show', bk.id!])));
+  t.is(shown.status, 'available');
+  t.is(shown.name, 'seed');
+  t.is(shown['os-backup-project-attr:project_id'], 'p1');
+  const again = await cinder(b, 'admin', 'p1', ['backup-import', exported.backup_service!, exported.backup_url!]);
+  t.regex(again.stderr, /already exists here.*\(HTTP 400\)/);
+  const tampered = await cinder(b, 'admin', 'p1', ['backup-import', exported.backup_service!, exported.backup_url!.slice(0, -8)]);
+  t.regex(tampered.stderr, /HTTP 400/);
+
+  const r = props(await ok(cinder(b, 'admin', 'p1', ['backup-restore', '--name', 'on-b', bk.id!])));
+  t.is(await waitVolume(b, r.volume_id!), 'available');
+  t.is(sha(fs.readFileSync(path.join(dirs.b!, 'volumes', 'on-b.img'))), sha(data));
+});
+
+test('force-delete cancels a backup being created; reset-state cancels a restore that runs (target error_restoring)', async (t) => {
+  t.timeout(8 * 60_000);
+  const dirs = await s3Dirs(t, ['a']);
+  const dir = dirs.a!;
+  // random data: every 64 KiB chunk is a PUT, so the backup runs for a while
+  const big = path.join(dir, '..', 'big.img');
+  fs.writeFileSync(big, randomBytes(192 * MiB));
+  // one random chunk repeated: the backup is quick (one object), its restore reads 4096 chunks from S3
+  const block = randomBytes(64 * 1024);
+  const rep = path.join(dir, '..', 'rep.img');
+  fs.writeFileSync(rep, Buffer.concat(Array.from({ length: 4096 }, () => block)));
+  await cliJson(dir, ['volume', 'create', '--name', 'big', '--file', big, '--project', 'p1']);
+  await cliJson(dir, ['volume', 'create', '--name', 'rep', '--file', rep, '--project', 'p1']);
+  const d = await startApi(t, dir);
+  const admin = (a: string[]) => cinder(d, 'admin', 'p1', a);
+
+  const creating = props(await ok(admin(['backup-create', '--name', 'doomed', 'big'])));
+  await until('the backup job to run', async () => ((await jobOf(d, creating.id!, 'backup'))?.status === 'running' ? true : undefined));
+  t.is(await backupStatus(d, creating.id!), 'creating');
+  t.regex(await ok(admin(['backup-delete', '--force', creating.id!])), /Request to delete backup .* has been accepted/);
+  const cancelled = await until('the job to end', async () => {
+    const j = await jobOf(d, creating.id!, 'backup');
+    return j && j.status !== 'running' ? j : undefined;
+  });
+  t.is(cancelled.status, 'cancelled');
+  await until('the backup to be gone', async () => ((await http(d, 'GET', `/v3/backups/${creating.id}`)).status === 404 ? true : undefined));
+  t.is(await volumeStatus(d, (await http(d, 'GET', '/v3/volumes/detail')).json ? ((await http(d, 'GET', '/v3/volumes/detail?name=big')).json as { volumes: { id: string }[] }).volumes[0]!.id : ''), 'available');
+
+  const src = props(await ok(admin(['backup-create', '--name', 'rep-bk', 'rep'])));
+  t.is(await waitBackup(d, src.id!), 'available');
+  // a restore can finish before a client's request arrives: try again then (each try is checked whole)
+  let hit = false;
+  for (let attempt = 1; attempt <= 3 && !hit; attempt++) {
+    const r = props(await ok(admin(['backup-restore', '--name', `target-${attempt}`, src.id!])));
+    await until('the restore job to run', async () => {
+      const j = await jobOf(d, src.id!, 'restore');
+      return j && j.volume_id === r.volume_id && j.status !== 'queued' ? true : undefined;
+    });
+    t.regex(await ok(admin(['backup-reset-state', '--state', 'error', src.id!])), /Request to update backup '.*' has been accepted/);
+    const j = (await until('the restore job to end', async () => {
+      const x = await jobOf(d, src.id!, 'restore');
+      return x && x.volume_id === r.volume_id && x.status !== 'running' ? x : undefined;
+    }))!;
+    if (j.status === 'done') {
+      t.log(`attempt ${attempt}: the restore finished before the reset arrived`);
+      t.is(await volumeStatus(d, r.volume_id!), 'available');
+      await ok(admin(['backup-reset-state', '--state', 'available', src.id!]));
+      continue;
+    }
+    hit = true;
+    t.is(j.status, 'cancelled');
+    t.is(await volumeStatus(d, r.volume_id!), 'error_restoring');
+    const shown = props(await ok(admin(['backup-show', src.id!])));
+    t.is(shown.status, 'error');
+    t.regex(shown.fail_reason!, /reset-state/);
+  }
+  t.true(hit, 'a reset-state reached a running restore');
+  // back to available, it restores whole
+  await ok(admin(['backup-reset-state', '--state', 'available', src.id!]));
+  const again = props(await ok(admin(['backup-restore', '--name', 'whole', src.id!])));
+  t.is(await waitVolume(d, again.volume_id!), 'available');
+  t.is(sha(fs.readFileSync(path.join(dir, 'volumes', 'whole.img'))), sha(fs.readFileSync(rep)));
+});
