@@ -27,6 +27,8 @@ export interface ApplianceConfig {
   /** used when the repository is created */
   chunkSize: number;
   codec: CodecName;
+  /** used when the repository is created: pack size of a packed repository (0: one object per chunk) */
+  packSize?: number;
   /** decompressed-chunk cache of the read path, bytes */
   cacheBytes: number;
   /** chunks in flight per backup or restore */

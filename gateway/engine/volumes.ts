@@ -9,6 +9,7 @@ import type { VolumeRecord } from '../../catalog/records.js';
 import { FileVolume, volumeFileSize } from '../../drivers/volume/file.js';
 import type { Appliance } from '../appliance.js';
 import { checkName } from '../names.js';
+import { createRbdVolume } from './volumes-rbd.js';
 
 /** a volume name becomes volumes/<name>.img: the one check of gateway/names.ts */
 export function checkVolumeName(name: string): string {
@@ -33,7 +34,7 @@ export async function createVolume(app: Appliance, opts: CreateVolumeOptions): P
   if (app.catalog.volumeNames.get(name) !== undefined) throw new ConflictError(`a volume named "${name}" already exists`);
   if (opts.rbd) {
     if (opts.file) throw new Error('give either --rbd or --file, not both');
-    return (await import('./restore-rbd.js')).createRbdVolume(app, name, { rbd: opts.rbd, size: opts.size, cephConf: opts.cephConf, cephUser: opts.cephUser }, ids);
+    return createRbdVolume(app, name, { rbd: opts.rbd, size: opts.size, cephConf: opts.cephConf, cephUser: opts.cephUser }, ids);
   }
   if (opts.file) {
     if (opts.size !== undefined) throw new Error('give either --size (a new volume) or --file (an existing image or device), not both');

@@ -3,8 +3,6 @@ import { spawn } from 'node:child_process';
 import type { Command } from 'commander';
 import { ownerHere } from '../../catalog/catalog.js';
 import { processStart } from '../../drivers/process-identity.js';
-import { Appliance } from '../../gateway/appliance.js';
-import { loadConfig } from '../../gateway/config.js';
 import { runBackup, startBackup } from '../../gateway/engine/backup.js';
 import { deleteBackup } from '../../gateway/engine/delete.js';
 import { collectGarbage } from '../../gateway/engine/gc.js';
@@ -13,22 +11,11 @@ import { prepareRestoreToNewRbd } from '../../gateway/engine/restore-rbd.js';
 import { createVolume, deleteVolume, setAttached } from '../../gateway/engine/volumes.js';
 import { repoInfo } from '../../gateway/engine/repo-info.js';
 import { parseSize } from '../../gateway/size.js';
-import { type Format, UsageError, printRecord, printRows, progressBar } from './output.js';
+import { UsageError, printRecord, printRows, progressBar } from './output.js';
 import { type InstantRestoreOptions, instantRestore, instantRestoreOptions } from './instant.js';
+import { type Globals, withApp } from './context.js';
 
-export interface Globals {
-  dataDir?: string;
-  format: Format;
-}
-
-export async function withApp<T>(g: Globals, fn: (app: Appliance) => Promise<T>): Promise<T> {
-  const app = await Appliance.open(loadConfig(g.dataDir));
-  try {
-    return await fn(app);
-  } finally {
-    await app.close();
-  }
-}
+export { type Globals, withApp } from './context.js';
 
 function duration(text: string): number {
   const m = /^(\d+(?:\.\d+)?)(s|m|h|d)?$/.exec(text.trim());
@@ -157,7 +144,22 @@ export function repoCommands(program: Command, g: () => Globals): void {
   repo.command('gc')
     .description('reclaim chunks and pages that no manifest in the repository names (safe with several appliances on one repository)')
     .option('--grace <duration>', 'also keep unreferenced objects younger than this, e.g. 30m, 24h (default 0)')
-    .action((o: { grace?: string }) => withApp(g(), async (app) => printRecord(g().format, await collectGarbage(app, { graceMs: o.grace ? duration(o.grace) : 0 }))));
+    .option('--repack-threshold <fraction>', 'packed repository: repack a pack once this fraction of it is unused, 0 to 1 (default 0.5; restic prune --max-unused)')
+    .option('--retire <duration>', 'packed repository: delete a repacked pack once it has been retired this long (default 10m: readers that looked it up before the repack still find it)')
+    .action((o: { grace?: string; repackThreshold?: string; retire?: string }) =>
+      withApp(g(), async (app) => {
+        let repackThreshold: number | undefined;
+        if (o.repackThreshold !== undefined) {
+          repackThreshold = Number(o.repackThreshold);
+          if (!(repackThreshold >= 0 && repackThreshold <= 1)) throw new UsageError(`--repack-threshold ${JSON.stringify(o.repackThreshold)} is not a fraction between 0 and 1`);
+        }
+        const retireMs = o.retire !== undefined ? duration(o.retire) : undefined;
+        // a test hook: the crash tests make the process die (SIGKILL) at a named step of a repack
+        const dieAt = process.env.BLOCKGATE_TEST_GC_KILL_AT;
+        const onStep = dieAt ? (step: string) => void (step === dieAt && process.kill(process.pid, 'SIGKILL')) : undefined;
+        printRecord(g().format, await collectGarbage(app, { graceMs: o.grace ? duration(o.grace) : 0, repackThreshold, retireMs, onStep }));
+      }),
+    );
 }
 
 /** internal: the detached process behind `backup create --no-wait` */

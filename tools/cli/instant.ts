@@ -10,13 +10,11 @@ import { SessionStore } from '../../catalog/sessions.js';
 import { loadConfig } from '../../gateway/config.js';
 import { nbdUris } from '../../gateway/daemon.js';
 import { BadRequestError, controlRequest, NoDaemonError } from '../../gateway/instant/control.js';
-import { installInstantRestore } from '../../gateway/instant/daemon.js';
 import { cancelOffline, offlineView, type SessionView } from '../../gateway/instant/sessions.js';
 import { formatSize, parseSize } from '../../gateway/size.js';
-import { type Globals, withApp } from './commands.js';
+import { type Globals, withApp } from './context.js';
 import { checkName } from '../../gateway/names.js';
 import { UsageError, printRecord, printRows } from './output.js';
-import { onDaemonStart } from './serve.js';
 
 export interface InstantRestoreOptions {
   instant?: boolean;
@@ -120,9 +118,6 @@ async function session(g: Globals, ref: string): Promise<SessionView> {
 }
 
 export function instantCommands(program: Command, g: () => Globals): void {
-  onDaemonStart(async (d) => {
-    await installInstantRestore(d);
-  });
   const rs = program.command('restore').description('instant-restore sessions (started with backup restore --instant)');
   rs.command('list')
     .description('sessions with their progress: blocks owned / total, copy rate')

@@ -9,7 +9,8 @@ import { InsecureApiError } from '../../gateway/api/server.js';
 import { BackupExports, OVERLAY_SUFFIX, type OverlaySaveRequest, overlaySaveKey } from '../../gateway/exports/backups.js';
 import { ConflictError, NotFoundError } from '../../catalog/catalog.js';
 import { SessionStore } from '../../catalog/sessions.js';
-import { type Globals, withApp } from './commands.js';
+import { installInstantRestore } from '../../gateway/instant/daemon.js';
+import { type Globals, withApp } from './context.js';
 import { UsageError, printRecord, printRows } from './output.js';
 
 export type DaemonHook = (d: Daemon) => Promise<void> | void;
@@ -89,6 +90,8 @@ export function serveCommands(program: Command, g: () => Globals): void {
         process.once('SIGINT', () => stop('SIGINT'));
         process.once('SIGTERM', () => stop('SIGTERM'));
       });
+      // the daemon's features, registered explicitly
+      await installInstantRestore(daemon);
       for (const h of hooks) await h(daemon);
       await daemon.start();
       let svc: Awaited<ReturnType<typeof startService>>;
