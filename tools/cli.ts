@@ -7,6 +7,7 @@ import { exitCodeFor } from './cli/output.js';
 import { extraCommands } from './cli/extra.js';
 import { recordCommands } from './cli/records.js';
 import { repoKeyCommands } from './cli/repo-keys.js';
+import { tokenCommands } from './cli/tokens.js';
 import { eventsCommands } from './cli/events.js';
 import { nodeCommands } from './cli/nodes.js';
 
@@ -33,6 +34,7 @@ jobCommands(program, globals);
 extraCommands(program, globals);
 recordCommands(program, globals);
 repoKeyCommands(program, globals);
+tokenCommands(program, globals);
 eventsCommands(program, globals);
 nodeCommands(program, globals);
 
