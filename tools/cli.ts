@@ -10,6 +10,7 @@ import { recordCommands } from './cli/records.js';
 import { repoKeyCommands } from './cli/repo-keys.js';
 import { tokenCommands } from './cli/tokens.js';
 import { eventsCommands } from './cli/events.js';
+import { nodeCommands } from './cli/nodes.js';
 
 // belt and braces: whatever a module creates without an explicit mode is private too
 process.umask(0o077);
@@ -36,6 +37,7 @@ recordCommands(program, globals);
 repoKeyCommands(program, globals);
 tokenCommands(program, globals);
 eventsCommands(program, globals);
+nodeCommands(program, globals);
 
 try {
   await program.parseAsync(process.argv);
