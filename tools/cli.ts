@@ -2,7 +2,8 @@
 /** The `blockgate` command line. */
 import { Command, CommanderError, Option } from 'commander';
 import { defaultDataDir } from '../gateway/config.js';
-import { type Globals, backupCommands, jobCommands, repoCommands, volumeCommands } from './cli/commands.js';
+import { type Globals, backupCommands, repoCommands, volumeCommands } from './cli/commands.js';
+import { jobCommands } from './cli/jobs.js';
 import { exitCodeFor } from './cli/output.js';
 import { extraCommands } from './cli/extra.js';
 import { recordCommands } from './cli/records.js';
