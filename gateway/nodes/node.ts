@@ -80,6 +80,6 @@ export async function installClusterJobs(d: Daemon, jobs: JobService, onError: (
   q.onNeedParent = () => node.follower?.sync() ?? Promise.resolve();
   (jobs as { queue: LocalJobQueue }).queue = q;
   node.heartbeats.load = () => ({ workers: q.workers, running: q.stats().running });
-  if (node.follower) node.follower.afterSync = () => settleForwarded(d.app, jobs, q, claims);
+  if (node.follower) node.follower.afterSync = () => settleForwarded(d.app, jobs, q, claims, log);
   log('info', { event: 'cluster-jobs', topic: k.jobsTopic, workers: q.workers, sharedPaths: k.sharedPaths }, `backups of shared volumes go through ${k.jobsTopic}, run by any node`);
 }
