@@ -113,8 +113,12 @@ export class Appliance {
     }
     const app = new Appliance(config, catalog, repo);
     repo.locator = (kind, d) => {
-      const c = kind === 'chunks' ? catalog.chunks.get(d) : catalog.pageLocs.get(d);
-      return c?.p ? { pack: c.p, offset: c.o ?? 0, length: c.s } : null;
+      if (kind === 'pages') {
+        const l = catalog.pageLocs.get(d);
+        return l ? { pack: l.p, offset: l.o, length: l.s } : null;
+      }
+      const c = catalog.chunks.get(d);
+      return c?.p ? { pack: c.p, offset: c.o ?? 0, length: c.s, plain: c.n } : null;
     };
     repo.relocator = async () => {
       await followPacks(app);
