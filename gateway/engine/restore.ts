@@ -44,7 +44,7 @@ async function copyBackup(app: Appliance, backup: BackupRecord, target: VolumeRe
   const count = Math.ceil(backup.size_bytes / cs);
   let done = 0;
   // small blocks: a segment of them at a time, read together (neighbours in a pack: one range read) and written as one run
-  const seg = Math.max(1, Math.floor(SEGMENT_BYTES / cs));
+  const seg = app.repo.packed ? Math.max(1, Math.floor(SEGMENT_BYTES / cs)) : 1;
   try {
     if (dev.sparseFile) await dev.makeSparse!();
     if (seg > 1) {
