@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { open, type Database, type RootDatabase } from 'lmdb';
-import { MapReader, type PageLoader } from './blockmap.js';
+import { MapReader, type PageLoader, pageEntriesFor } from './blockmap.js';
 import { identityState, selfIdentity } from '../drivers/process-identity.js';
 import { resumableRestores, servingSession } from './sessions.js';
 import { type BackupRecord, type BackupStatus, type BackupView, type Owner, type VolumeRecord, isLive, now } from './records.js';
@@ -19,6 +19,22 @@ export interface ChunkInfo {
   c: number;
   /** plaintext length */
   n: number;
+  /** packed repository: the pack holding it, and its offset there (s bytes long) */
+  p?: string;
+  o?: number;
+}
+
+/** where a map page is in a packed repository (pack, offset, stored length) */
+export interface PageLocation {
+  p: string;
+  o: number;
+  s: number;
+}
+
+/** a pack this catalog has read: its size and its index (plaintext, drivers/pack.ts), packs never change */
+export interface PackRecord {
+  s: number;
+  i: Buffer;
 }
 
 export class NotFoundError extends Error {
@@ -60,6 +76,8 @@ export class Catalog {
   readonly maps: Database<Buffer, string>;
   readonly pages: Database<Buffer, string>;
   readonly chunks: Database<ChunkInfo, string>;
+  readonly pageLocs: Database<PageLocation, string>;
+  readonly packs: Database<PackRecord, string>;
   readonly locks: Database<Owner, string>;
   readonly meta: Database<unknown, string>;
 
@@ -75,6 +93,8 @@ export class Catalog {
     this.maps = this.env.openDB({ name: 'maps', encoding: 'binary' });
     this.pages = this.env.openDB({ name: 'pages', encoding: 'binary' });
     this.chunks = this.env.openDB({ name: 'chunks' });
+    this.pageLocs = this.env.openDB({ name: 'page-locations' });
+    this.packs = this.env.openDB({ name: 'packs' });
     this.locks = this.env.openDB({ name: 'locks' });
     this.meta = this.env.openDB({ name: 'meta' });
   }
@@ -207,7 +227,7 @@ export class Catalog {
   };
 
   mapReader(b: BackupRecord): MapReader {
-    return new MapReader(this.mapRoot(b.id), Math.ceil(b.size_bytes / b.chunk_size), this.loadPage);
+    return new MapReader(this.mapRoot(b.id), Math.ceil(b.size_bytes / b.chunk_size), this.loadPage, pageEntriesFor(b.chunk_size));
   }
 
   // ---- chunk index and pages

@@ -5,7 +5,7 @@
  * name, driver, size, path), and the map root as a list of page digests; the pages
  * themselves are objects in the repository. docs/REPOSITORY.md describes the format.
  */
-import { rootDigests, rootFromDigests } from './blockmap.js';
+import { pageEntriesFor, rootDigests, rootFromDigests } from './blockmap.js';
 import type { BackupRecord, VolumeRecord } from './records.js';
 
 export const MANIFEST_KIND = 'blockgate-backup-manifest';
@@ -47,9 +47,10 @@ export function decodeManifest(data: Buffer, where: string): { manifest: Manifes
   if (m.kind !== MANIFEST_KIND || m.format !== MANIFEST_FORMAT) throw new Error(`manifest ${where} is not a blockgate manifest of format ${MANIFEST_FORMAT}`);
   if (!Array.isArray(m.map?.pages) || !m.map.pages.every((d) => typeof d === 'string' && /^[0-9a-f]{64}$/.test(d))) throw new Error(`manifest ${where} has a malformed map`);
   if (!Number.isSafeInteger(m.map.chunk_count) || m.map.chunk_count < 0) throw new Error(`manifest ${where}: map has no valid chunk count`);
-  if (Math.ceil(m.map.chunk_count / 512) !== m.map.pages.length) throw new Error(`manifest ${where}: map has ${m.map.pages.length} pages for ${m.map.chunk_count} chunks`);
   const b = m.backup as Partial<BackupRecord> | undefined;
   if (typeof b !== 'object' || b === null || typeof b.id !== 'string' || !/^[0-9a-f-]{36}$/.test(b.id)) throw new Error(`manifest ${where} has no valid backup record`);
+  const entries = pageEntriesFor(Number.isSafeInteger(b.chunk_size) ? b.chunk_size! : 0);
+  if (Math.ceil(m.map.chunk_count / entries) !== m.map.pages.length) throw new Error(`manifest ${where}: map has ${m.map.pages.length} pages for ${m.map.chunk_count} chunks`);
   if (!Number.isSafeInteger(b.size_bytes) || !Number.isSafeInteger(b.chunk_size) || (b.chunk_size ?? 0) <= 0 || Math.ceil((b.size_bytes ?? 0) / (b.chunk_size ?? 1)) !== m.map.chunk_count) {
     throw new Error(`manifest ${where}: its record's size and chunk size do not match its map`);
   }

@@ -23,9 +23,12 @@ export const CHUNK_MAGIC = Buffer.from('BGCK');
 export const CHUNK_VERSION = 1;
 export const CHUNK_HEADER = 12;
 export const DIGEST_BYTES = 32;
-export const MIN_CHUNK = 64 * 1024;
+/** 8 KiB: the smallest block of a packed repository (a loose-object repository uses 64 KiB and more) */
+export const MIN_CHUNK = 8 * 1024;
 export const MAX_CHUNK = 16 * 1024 * 1024;
 export const DEFAULT_CHUNK = 4 * 1024 * 1024;
+/** the block of a packed repository, chosen by measurement (docs/REPOSITORY.md, "Choosing the block size") */
+export const DEFAULT_BLOCK = 16 * 1024;
 /** what an object adds to its plaintext at most: the header, and the seal in an encrypted repository */
 export const OBJECT_OVERHEAD = CHUNK_HEADER + SEAL_OVERHEAD;
 
@@ -38,7 +41,7 @@ export class ChunkCorruptError extends Error {
 
 export function checkChunkSize(n: number): number {
   if (!Number.isInteger(n) || n < MIN_CHUNK || n > MAX_CHUNK || (n & (n - 1)) !== 0) {
-    throw new Error(`chunk size ${n} is not a power of two between 64K and 16M`);
+    throw new Error(`chunk size ${n} is not a power of two between 8K and 16M`);
   }
   return n;
 }
@@ -79,6 +82,8 @@ export interface Sealing {
 }
 
 export type ObjectKind = 'chunks' | 'pages';
+/** a blob's kind in a pack index: 0 a chunk, 1 a map page */
+export const KIND_ID: Record<ObjectKind, number> = { chunks: 0, pages: 1 };
 
 /** the object name of a chunk or page: `<kind>/<first two hex digits>/<digest>` */
 export function objectName(kind: ObjectKind, digest: string): string {

@@ -8,7 +8,8 @@
  */
 import fs from 'node:fs';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { DEFAULT_CHUNK, checkChunkSize, decodeChunk, encodeChunk, objectName } from './chunk.js';
+import { DEFAULT_CHUNK, type ObjectKind, checkChunkSize, decodeChunk, encodeChunk, objectName } from './chunk.js';
+import { INDEX_PROBE, type PackEntry, checkPackSize, packIdOf, packObjectName, parsePackTail } from './pack.js';
 import {
   type EncryptionConfig,
   KeyError,
@@ -35,6 +36,29 @@ export interface RepoConfig {
   codec: CodecName;
   createdAt: string;
   encryption?: EncryptionConfig;
+  /**
+   * packed repository: chunks and map pages are blobs in pack objects of about this many
+   * bytes (drivers/pack.ts); absent or 0: every chunk and page is its own object (format of
+   * the 4 MiB-chunk repositories, still read and written as it is)
+   */
+  packSize?: number;
+}
+
+/** where a blob lives in a packed repository (kept by the catalog's chunk index) */
+export interface BlobLocation {
+  pack: string;
+  offset: number;
+  length: number;
+}
+/** finds a chunk's or page's pack location; null: a loose object */
+export type BlobLocator = (kind: ObjectKind, digest: string) => BlobLocation | null | undefined;
+
+export class BlobNotIndexedError extends Error {
+  readonly code = 'ENOENT';
+  constructor(kind: ObjectKind, digest: string) {
+    super(`${kind === 'chunks' ? 'chunk' : 'map page'} ${digest} is in no pack this catalog knows (rebuild the catalog if it was lost)`);
+    this.name = 'ObjectNotFoundError';
+  }
 }
 
 /** where an encrypted repository's key comes from (never stored in the repository) */
@@ -48,11 +72,20 @@ export interface RepoSecrets {
 export interface RepoCreateOptions {
   chunkSize?: number;
   codec?: CodecName;
+  /** a packed repository with packs of this size (0 or absent: one object per chunk) */
+  packSize?: number;
   /** create an encrypted repository: its master key wrapped by the passphrase, or written to a new key file */
   encrypt?: { passphrase?: string; keyFile?: string };
 }
 
 const DIGEST_RE = /^[0-9a-f]{64}$/;
+const RETIRED = 'gc/retired.json';
+
+/** a pack taken out of the index by a repack at `at` (ms), deleted by a later GC */
+export interface RetiredPack {
+  pack: string;
+  at: number;
+}
 const ID_RE = /^[0-9a-f-]{36}$/;
 
 function unlock(config: RepoConfig, where: string, secrets: RepoSecrets): RepoKeys | null {
@@ -94,6 +127,7 @@ export class Repository {
     const config = JSON.parse(raw.toString('utf8')) as RepoConfig;
     if (config.format !== REPO_FORMAT) throw new Error(`repository ${store.location} has format ${config.format}; this blockgate reads format ${REPO_FORMAT}`);
     checkChunkSize(config.chunkSize);
+    if (config.packSize) checkPackSize(config.packSize);
     parseCodec(config.codec);
     return new Repository(store, config, unlock(config, store.location, secrets));
   }
@@ -106,7 +140,10 @@ export class Repository {
       chunkSize: checkChunkSize(opts.chunkSize ?? DEFAULT_CHUNK),
       codec: opts.codec ?? 'zstd',
       createdAt: new Date().toISOString(),
+      ...(opts.packSize ? { packSize: checkPackSize(opts.packSize) } : {}),
     };
+    if (!config.packSize && config.chunkSize < 64 * 1024) throw new Error(`chunk size ${config.chunkSize} needs a packed repository (--pack-size): one object per chunk takes 64K and more`);
+    if (config.packSize && config.chunkSize * 4 > config.packSize) throw new Error(`pack size ${config.packSize} must hold at least 4 chunks of ${config.chunkSize}`);
     let master: Buffer | null = null;
     if (opts.encrypt) {
       const { passphrase, keyFile } = opts.encrypt;
@@ -165,25 +202,131 @@ export class Repository {
     return this.config.chunkSize;
   }
 
+  /** chunks and pages go into packs (config.packSize) */
+  get packed(): boolean {
+    return !!this.config.packSize;
+  }
+
+  /** set by the appliance: where its catalog says each packed blob is */
+  locator: BlobLocator | null = null;
+  /** set by the appliance: re-reads the pack indexes when a pack a location names is gone (a repack elsewhere) */
+  relocator: (() => Promise<void>) | null = null;
+  private relocating: Promise<void> | null = null;
+
+  /** re-reads where blobs are (one at a time, merged); false when there is no way to */
+  async relocate(): Promise<boolean> {
+    if (!this.relocator) return false;
+    this.relocating ??= this.relocator().finally(() => {
+      this.relocating = null;
+    });
+    await this.relocating;
+    return true;
+  }
+
+  /** a blob's pack location; null for a loose object */
+  private locate(kind: ObjectKind, digest: string): BlobLocation | null {
+    return this.locator?.(kind, digest) ?? null;
+  }
+
+  /** the stored object of a blob: a range of its pack, or a loose object */
+  private async getBlob(kind: ObjectKind, digest: string): Promise<Buffer> {
+    const loc = this.locate(kind, digest);
+    if (!loc) {
+      try {
+        return await this.store.get(objectName(kind, digest));
+      } catch (e) {
+        if (e instanceof ObjectNotFoundError && this.packed) throw new BlobNotIndexedError(kind, digest);
+        throw e;
+      }
+    }
+    try {
+      // a short read (a truncated pack) is left to the decoder, which reports the block corrupt
+      return await this.store.getRange(packObjectName(loc.pack), loc.offset, loc.length);
+    } catch (e) {
+      if (!(e instanceof ObjectNotFoundError) || !(await this.relocate())) throw e;
+      const again = this.locate(kind, digest);
+      if (!again || again.pack === loc.pack) throw e;
+      return this.store.getRange(packObjectName(again.pack), again.offset, again.length);
+    }
+  }
+
   putChunk(digest: string, object: Buffer, opts?: PutOptions): Promise<void> {
     return this.store.put(objectName('chunks', digest), object, opts);
   }
   getChunk(digest: string): Promise<Buffer> {
-    return this.store.get(objectName('chunks', digest));
+    return this.getBlob('chunks', digest);
   }
-  /** the local file of a chunk object, when the store has one */
-  chunkPath(digest: string): string | undefined {
-    return this.store.localPath?.(objectName('chunks', digest));
+  /** the local file holding a chunk object (and where in it), when the store has files */
+  chunkFile(digest: string): { path: string; offset: number; length: number } | undefined {
+    if (!this.store.localPath) return undefined;
+    const loc = this.locate('chunks', digest);
+    if (loc) return { path: this.store.localPath(packObjectName(loc.pack)), offset: loc.offset, length: loc.length };
+    if (this.packed) return undefined; // not indexed: getChunk says so
+    return { path: this.store.localPath(objectName('chunks', digest)), offset: 0, length: -1 };
   }
 
   /** reads a chunk object into `into`; returns its length */
   async getChunkInto(digest: string, into: Buffer): Promise<number> {
-    const name = objectName('chunks', digest);
-    if (this.store.getInto) return this.store.getInto(name, into);
-    const obj = await this.store.get(name);
+    const loc = this.locate('chunks', digest);
+    if (!loc && this.store.getInto && !this.packed) return this.store.getInto(objectName('chunks', digest), into);
+    const obj = await this.getBlob('chunks', digest);
     if (obj.length > into.length) throw new Error(`chunk object ${digest} is larger than a chunk can be`);
     obj.copy(into);
     return obj.length;
+  }
+
+  // ---- packs (drivers/pack.ts)
+
+  putPack(id: string, data: Buffer, opts?: PutOptions): Promise<void> {
+    return this.store.put(packObjectName(id), data, opts);
+  }
+  deletePack(id: string): Promise<void> {
+    return this.store.delete(packObjectName(id));
+  }
+  /** reads `length` bytes of a pack from `offset` */
+  readPack(id: string, offset: number, length: number): Promise<Buffer> {
+    return this.store.getRange(packObjectName(id), offset, length);
+  }
+  async *listPacks(): AsyncIterable<{ id: string; size: number; mtimeMs: number }> {
+    for await (const o of this.store.listInfo('packs/')) {
+      const id = packIdOf(o.name);
+      if (id) yield { id, size: o.size, mtimeMs: o.mtimeMs };
+    }
+  }
+  /**
+   * Packs a GC repacked: their live blobs are in newer packs and no index names them, but a
+   * reader that looked up a location before the switch may still read them; a later GC deletes
+   * them once they have been retired longer than the retire window (gateway/engine/repack.ts).
+   * Written only under the GC lock.
+   */
+  async readRetired(): Promise<RetiredPack[]> {
+    let raw: Buffer;
+    try {
+      raw = await this.store.get(RETIRED);
+    } catch (e) {
+      if (e instanceof ObjectNotFoundError) return [];
+      throw e;
+    }
+    const plain = this.keys ? unsealBlob(this.keys, RETIRED, raw) : raw;
+    const list = JSON.parse(plain.toString('utf8')) as RetiredPack[];
+    if (!Array.isArray(list)) throw new Error(`${RETIRED} is not a list`);
+    return list.filter((r) => typeof r?.pack === 'string' && /^[0-9a-f]{64}$/.test(r.pack) && Number.isFinite(r.at));
+  }
+  async writeRetired(list: RetiredPack[]): Promise<void> {
+    const plain = Buffer.from(JSON.stringify(list));
+    await this.store.put(RETIRED, this.keys ? sealBlob(this.keys, RETIRED, plain) : plain);
+  }
+
+  /** a pack's index, read from its end (one ranged read when the index is under 64 KiB) */
+  async readPackIndex(id: string, size: number): Promise<PackEntry[]> {
+    let from = Math.max(0, size - INDEX_PROBE);
+    for (let tries = 0; tries < 2; tries++) {
+      const tail = await this.readPack(id, from, size - from);
+      const r = parsePackTail(tail, from, id, this.keys);
+      if ('entries' in r) return r.entries;
+      from = r.need;
+    }
+    throw new Error(`pack ${id}: its index could not be read`);
   }
   deleteChunk(digest: string): Promise<void> {
     return this.store.delete(objectName('chunks', digest));
@@ -204,7 +347,7 @@ export class Repository {
     return this.store.batch();
   }
   getPage(digest: string): Promise<Buffer> {
-    return this.store.get(objectName('pages', digest));
+    return this.getBlob('pages', digest);
   }
   deletePage(digest: string): Promise<void> {
     return this.store.delete(objectName('pages', digest));

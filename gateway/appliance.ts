@@ -15,9 +15,11 @@ import type { VolumeDriver } from '../drivers/volume/types.js';
 import type { BackupRecord, VolumeRecord } from '../catalog/records.js';
 import os from 'node:os';
 import { EventBus } from './events/bus.js';
+import { JobStore } from '../catalog/jobs.js';
 import { EVENTS_DIR, EventLog } from './events/log.js';
 import { KafkaSink, type KafkaSinkOptions } from './events/kafka.js';
 import { followRepository } from './engine/follow.js';
+import { followPacks } from './engine/repack.js';
 import { repoSecrets } from './repo-secrets.js';
 import { type ApplianceConfig, type RepoDriverConfig, type S3RepoConfig, loadConfig } from './config.js';
 
@@ -96,7 +98,7 @@ export class Appliance {
     const store = await openStore(config.repository);
     let repo: Repository;
     try {
-      repo = await Repository.openOrCreate(store, { chunkSize: config.chunkSize, codec: config.codec }, repoSecrets(config));
+      repo = await Repository.openOrCreate(store, { chunkSize: config.chunkSize, codec: config.codec, packSize: config.packSize }, repoSecrets(config));
     } catch (e) {
       await store.close?.();
       throw e;
@@ -111,9 +113,18 @@ export class Appliance {
       throw e;
     }
     const app = new Appliance(config, catalog, repo);
+    repo.locator = (kind, d) => {
+      const c = kind === 'chunks' ? catalog.chunks.get(d) : catalog.pageLocs.get(d);
+      return c?.p ? { pack: c.p, offset: c.o ?? 0, length: c.s } : null;
+    };
+    repo.relocator = async () => {
+      await followPacks(app);
+    };
     try {
       // a backup whose process died before its commit may have left its manifest: it names nothing committed
-      for (const b of settled) if (b.status === 'error') await repo.deleteManifest(b.id);
+      // (not one another node of the cluster ran for this one: its manifest, if any, is committed)
+      const elsewhere = new Set(new JobStore(catalog.env).active().filter((j) => j.params?.cluster).map((j) => j.backup_id));
+      for (const b of settled) if (b.status === 'error' && !elsewhere.has(b.id)) await repo.deleteManifest(b.id);
       // other appliances sharing the repository may have deleted backups and collected garbage
       await followRepository(app);
     } catch (e) {

@@ -40,7 +40,7 @@ test('backups run as jobs, at most `workers` at once, with progress, events and 
   t.like(end.payload, { backup_id: ja.backup.id, volume_id: va.id, project_id: 'default', status: 'available', size: 1, fail_reason: null });
 
   const r = await jobs.submitRestore({ backupId: ja.backup.id, userId: 'u' });
-  t.is(r.target.name, `restore_backup_${ja.backup.id}`);
+  t.is(r.target.name, `restore-${ja.backup.name}`);
   t.is(app.catalog.backups.get(ja.backup.id)!.status, 'restoring');
   t.is((await jobs.queue.wait(r.job.id)).status, 'done');
   t.is(sha(fs.readFileSync(app.catalog.volume(r.target.id).path)), sha(a));

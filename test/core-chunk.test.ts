@@ -40,10 +40,11 @@ test('a flipped byte is reported as a corrupt chunk naming its digest', (t) => {
   t.throws(() => decodeChunk(bad, digest), { message: /bad header magic/ });
 });
 
-test('chunk sizes are powers of two from 64K to 16M', (t) => {
+test('chunk sizes are powers of two from 8K (packed) to 16M', (t) => {
+  t.is(checkChunkSize(8192), 8192);
   t.is(checkChunkSize(65536), 65536);
   t.is(checkChunkSize(16 * 1024 * 1024), 16 * 1024 * 1024);
-  for (const bad of [32768, 3 * 1024 * 1024, 32 * 1024 * 1024, 0, 1.5]) t.throws(() => checkChunkSize(bad));
+  for (const bad of [4096, 3 * 1024 * 1024, 32 * 1024 * 1024, 0, 1.5]) t.throws(() => checkChunkSize(bad));
 });
 
 test('zero detection', (t) => {

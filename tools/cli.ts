@@ -2,12 +2,15 @@
 /** The `blockgate` command line. */
 import { Command, CommanderError, Option } from 'commander';
 import { defaultDataDir } from '../gateway/config.js';
-import { type Globals, backupCommands, jobCommands, repoCommands, volumeCommands } from './cli/commands.js';
+import { type Globals, backupCommands, repoCommands, volumeCommands } from './cli/commands.js';
+import { jobCommands } from './cli/jobs.js';
 import { exitCodeFor } from './cli/output.js';
 import { extraCommands } from './cli/extra.js';
 import { recordCommands } from './cli/records.js';
 import { repoKeyCommands } from './cli/repo-keys.js';
+import { tokenCommands } from './cli/tokens.js';
 import { eventsCommands } from './cli/events.js';
+import { nodeCommands } from './cli/nodes.js';
 
 // belt and braces: whatever a module creates without an explicit mode is private too
 process.umask(0o077);
@@ -32,7 +35,9 @@ jobCommands(program, globals);
 extraCommands(program, globals);
 recordCommands(program, globals);
 repoKeyCommands(program, globals);
+tokenCommands(program, globals);
 eventsCommands(program, globals);
+nodeCommands(program, globals);
 
 try {
   await program.parseAsync(process.argv);

@@ -4,7 +4,7 @@
  * ArrayBuffers, so nothing is copied between threads.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { MAX_CHUNK, OBJECT_OVERHEAD, ChunkCorruptError, type Sealing, decodeChunk, encodeChunk, isAllZero } from '../chunk.js';
 import { type RepoKeys, contentDigest } from '../crypto.js';
 
@@ -16,12 +16,29 @@ import type { CodecName } from '../codec.js';
 
 export type ChunkTask =
   | { id: number; op: 'hash'; buf: ArrayBuffer; length: number }
+  | { id: number; op: 'hashBlocks'; buf: ArrayBuffer; length: number; block: number }
+  | { id: number; op: 'encodeBlocks'; buf: ArrayBuffer; blocks: [offset: number, length: number, digest: string][]; codec: CodecName; out: ArrayBuffer }
   | { id: number; op: 'encode'; buf: ArrayBuffer; length: number; codec: CodecName; out: ArrayBuffer; digest: string }
   | { id: number; op: 'decode'; object: ArrayBuffer; offset: number; length: number; digest: string; out?: ArrayBuffer }
-  | { id: number; op: 'decodeFile'; path: string; digest: string };
+  | { id: number; op: 'decodeFile'; path: string; digest: string; offset: number; length: number };
 
 export type ChunkResult =
-  | { id: number; ok: true; buf?: ArrayBuffer; digest?: string; zero?: boolean; out?: ArrayBuffer; outLength?: number; codec?: CodecName; plain?: ArrayBuffer }
+  | {
+      id: number;
+      ok: true;
+      buf?: ArrayBuffer;
+      digest?: string;
+      zero?: boolean;
+      out?: ArrayBuffer;
+      outLength?: number;
+      codec?: CodecName;
+      plain?: ArrayBuffer;
+      /** hashBlocks: one digest per block, '' for an all-zero block */
+      digests?: string[];
+      /** encodeBlocks: each object's length (laid out one after the other in out) and codec */
+      lengths?: number[];
+      codecs?: CodecName[];
+    }
   | { id: number; ok: false; error: string; name: string };
 
 function own(b: Buffer): ArrayBuffer {
@@ -34,7 +51,29 @@ function own(b: Buffer): ArrayBuffer {
 
 parentPort!.on('message', (t: ChunkTask) => {
   try {
-    if (t.op === 'hash') {
+    if (t.op === 'hashBlocks') {
+      // a segment of many blocks in one message: one round trip per segment, not per block
+      const digests: string[] = [];
+      for (let off = 0; off < t.length; off += t.block) {
+        const data = Buffer.from(t.buf, off, Math.min(t.block, t.length - off));
+        digests.push(isAllZero(data) ? '' : contentDigest(keys, data));
+      }
+      parentPort!.postMessage({ id: t.id, ok: true, buf: t.buf, digests } satisfies ChunkResult, [t.buf]);
+    } else if (t.op === 'encodeBlocks') {
+      const out = Buffer.from(t.out);
+      const lengths: number[] = [];
+      const codecs: CodecName[] = [];
+      let at = 0;
+      for (const [offset, length, digest] of t.blocks) {
+        const enc = encodeChunk(Buffer.from(t.buf, offset, length), t.codec, sealing ? { ...sealing, digest } : undefined);
+        if (at + enc.object.length > out.length) throw new Error(`encoded blocks exceed the output buffer`);
+        enc.object.copy(out, at);
+        at += enc.object.length;
+        lengths.push(enc.object.length);
+        codecs.push(enc.codec);
+      }
+      parentPort!.postMessage({ id: t.id, ok: true, buf: t.buf, out: t.out, lengths, codecs } satisfies ChunkResult, [t.buf, t.out]);
+    } else if (t.op === 'hash') {
       const data = Buffer.from(t.buf, 0, t.length);
       const zero = isAllZero(data);
       const digest = zero ? '' : contentDigest(keys, data);
@@ -51,17 +90,30 @@ parentPort!.on('message', (t: ChunkTask) => {
       try {
         const fd = openSync(t.path, 'r');
         try {
-          // no chunk object is larger than its header and the largest chunk: never read more
-          const size = fstatSync(fd).size;
-          if (size > OBJECT_OVERHEAD + MAX_CHUNK) throw new ChunkCorruptError(t.digest, `object of ${size} bytes is larger than any chunk`);
-          object = readFileSync(fd);
+          if (t.length >= 0) {
+            // a blob of a pack: one pread of its range (a short read is a truncated pack)
+            if (t.length > OBJECT_OVERHEAD + MAX_CHUNK) throw new ChunkCorruptError(t.digest, `blob of ${t.length} bytes is larger than any chunk`);
+            object = Buffer.allocUnsafe(t.length);
+            let n = 0;
+            while (n < t.length) {
+              const got = readSync(fd, object, n, t.length - n, t.offset + n);
+              if (got === 0) break;
+              n += got;
+            }
+            object = object.subarray(0, n);
+          } else {
+            // no chunk object is larger than its header and the largest chunk: never read more
+            const size = fstatSync(fd).size;
+            if (size > OBJECT_OVERHEAD + MAX_CHUNK) throw new ChunkCorruptError(t.digest, `object of ${size} bytes is larger than any chunk`);
+            object = readFileSync(fd);
+          }
         } finally {
           closeSync(fd);
         }
       } catch (e) {
         if (e instanceof ChunkCorruptError) throw e;
         const code = (e as NodeJS.ErrnoException).code;
-        parentPort!.postMessage({ id: t.id, ok: false, error: code === 'ENOENT' ? `chunk ${t.digest} is missing from the repository` : (e as Error).message, name: code === 'ENOENT' ? 'ObjectNotFoundError' : 'Error' } satisfies ChunkResult);
+        parentPort!.postMessage({ id: t.id, ok: false, error: code === 'ENOENT' ? (t.length >= 0 ? `chunk ${t.digest}: its pack is missing from the repository` : `chunk ${t.digest} is missing from the repository`) : (e as Error).message, name: code === 'ENOENT' ? 'ObjectNotFoundError' : 'Error' } satisfies ChunkResult);
         return;
       }
       const plain = own(decodeChunk(object, t.digest, sealing));

@@ -121,6 +121,27 @@ export class ChunkWorkerPool {
     return { buf: r.buf!, digest: r.digest!, zero: r.zero! };
   }
 
+  /** The digest of every `block`-sized block of buf[0..length) ('' for all-zero), in one task; buf is handed back. */
+  async hashBlocks(buf: ArrayBuffer, length: number, block: number): Promise<{ buf: ArrayBuffer; digests: string[] }> {
+    const r = await this.run({ op: 'hashBlocks', buf, length, block }, [buf]);
+    return { buf: r.buf!, digests: r.digests! };
+  }
+
+  /**
+   * Encodes several blocks of buf (offset, length, digest) as chunk objects in one task, laid
+   * out one after the other in `out` (at least their lengths + OBJECT_OVERHEAD each).
+   */
+  async encodeBlocks(buf: ArrayBuffer, blocks: [number, number, string][], codec: CodecName, out: ArrayBuffer): Promise<{ buf: ArrayBuffer; out: ArrayBuffer; objects: { object: Buffer; codec: CodecName }[] }> {
+    const r = await this.run({ op: 'encodeBlocks', buf, blocks, codec, out }, [buf, out]);
+    const objects: { object: Buffer; codec: CodecName }[] = [];
+    let at = 0;
+    r.lengths!.forEach((n, k) => {
+      objects.push({ object: Buffer.from(r.out!, at, n), codec: r.codecs![k]! });
+      at += n;
+    });
+    return { buf: r.buf!, out: r.out!, objects };
+  }
+
   /**
    * Encodes buf[0..length) as a chunk object into `out` (at least length + CHUNK_HEADER
    * bytes); both are transferred and handed back, so nothing is allocated per chunk.
@@ -146,9 +167,9 @@ export class ChunkWorkerPool {
     return Buffer.from(r.plain!);
   }
 
-  /** Reads a chunk object from a local file, decodes and verifies it, all in the worker. */
-  async decodeFile(path: string, digest: string): Promise<Buffer> {
-    const r = await this.run({ op: 'decodeFile', path, digest }, []);
+  /** Reads a chunk object from a local file (whole, or `length` bytes at `offset` of a pack), decodes and verifies it, all in the worker. */
+  async decodeFile(path: string, digest: string, offset = 0, length = -1): Promise<Buffer> {
+    const r = await this.run({ op: 'decodeFile', path, digest, offset, length }, []);
     return Buffer.from(r.plain!);
   }
 

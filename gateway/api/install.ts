@@ -10,7 +10,8 @@ import { CONFIG_FILE } from '../config.js';
 import type { Daemon } from '../daemon.js';
 import { controlRoutes, instantOf } from '../instant/daemon.js';
 import { BadRequestError } from '../instant/control.js';
-import { InvalidRequestError, JobService } from '../jobs/service.js';
+import { JobService } from '../jobs/service.js';
+import { installClusterJobs } from '../nodes/node.js';
 import { validateAuth } from './auth.js';
 import { Heartbeat } from './heartbeat.js';
 import { buildApi, checkApiListen, type ApiOptions } from './server.js';
@@ -68,6 +69,7 @@ export async function startService(d: Daemon, o: ServiceOptions): Promise<{ port
   await checkApiListen(apiOpts);
   const section = apiSection(cfg.api, app.config.dataDir);
   const jobs = new JobService(app, { workers: o.workers, maxQueued: o.maxQueued }, (job, e) => d.log.warn({ event: 'job-failed', job: job.id, kind: job.kind, backup: job.backup_id, error: e.message }, `${job.kind} job ${job.id} failed: ${e.message}`));
+  await installClusterJobs(d, jobs, (job, e) => d.log.warn({ event: 'job-failed', job: job.id, kind: job.kind, backup: job.backup_id, error: e.message }, `${job.kind} job ${job.id} failed: ${e.message}`));
   const recovered = jobs.start();
   if (recovered.resumed.length || recovered.failed.length) d.log.info({ event: 'jobs-recovered', ...recovered }, `jobs of a previous run: ${recovered.resumed.length} resumed, ${recovered.failed.length} ended`);
   const heartbeat = new Heartbeat(app.catalog.env, app.events.node, (section.serviceDownSeconds ?? 60) * 1000);
@@ -110,13 +112,13 @@ async function controlJobs(jobs: JobService, method: string, parts: string[], bo
   try {
     if (method === 'POST' && parts[0] === 'backup') {
       const v = catalog.volume(str('volume') ?? '');
-      const out = await jobs.submitBackup({ volumeId: v.id, name: str('name'), description: str('description'), incremental: body.incremental === true, force: body.force === true, snapshotId: str('snapshotId') ?? null, userId: 'admin' });
+      const out = await jobs.submitBackup({ volumeId: v.id, name: str('name'), description: str('description'), incremental: body.incremental === true, force: body.force === true, snapshotId: str('snapshotId') ?? null, userId: 'admin', skipQuota: true });
       return { job: out.job, backup: catalog.view(out.backup) };
     }
     if (method === 'POST' && parts[0] === 'restore') {
       const b = catalog.backupRecord(str('backup') ?? '');
       const target = str('volume') ? catalog.volume(str('volume')!).id : null;
-      const out = await jobs.submitRestore({ backupId: b.id, volumeId: target, name: str('name') ?? `restore-${b.name}`, userId: 'admin' });
+      const out = await jobs.submitRestore({ backupId: b.id, volumeId: target, name: str('name'), userId: 'admin' });
       return { job: out.job, backup: catalog.view(out.backup), target: out.target };
     }
     if (method === 'GET' && parts[0] && !parts[1]) {
@@ -126,7 +128,7 @@ async function controlJobs(jobs: JobService, method: string, parts: string[], bo
     }
     if (method === 'GET' && !parts[0]) return jobs.store.list();
   } catch (e) {
-    if (e instanceof InvalidRequestError || e instanceof QuotaExceededError) throw new ConflictError(e.message);
+    if (e instanceof QuotaExceededError) throw new ConflictError(e.message);
     throw e;
   }
   throw new BadRequestError(`unknown request ${method} /jobs/${parts.join('/')}`);

@@ -176,7 +176,13 @@ export function backupRoutes(r: FastifyInstance, c: ApiContext): void {
       void reply.code(202);
       return { restore: { backup_id: b.id, volume_id: s.volume_id, volume_name: s.volume_name, instant: { session_id: s.id, export_name: s.export_name, uri: s.uri, unix_uri: s.unix_uri } } };
     }
-    const out = await c.jobs.submitRestore({ backupId: b.id, volumeId: o.volume_id ?? null, name: o.name ?? null, userId: req.bg.id.user });
+    if (o.volume_id) {
+      const t = visibleVolume(c, req, o.volume_id);
+      if (t.status !== 'available') throw badRequest(`Invalid volume: Volume to be restored to must be available, but the current status is "${t.status}".`);
+      const size = await c.app.volumeDriver(t).size();
+      if (size < b.size_bytes) throw badRequest(`Invalid volume: volume size ${Math.ceil(size / 1024 ** 3)}GB cannot be smaller than the backup size ${b.size}GB. (${size} < ${b.size_bytes} bytes)`);
+    }
+    const out = await c.jobs.submitRestore({ backupId: b.id, volumeId: o.volume_id ?? null, name: o.name ?? `restore_backup_${b.id}`, userId: req.bg.id.user });
     void reply.code(202);
     return { restore: { backup_id: b.id, volume_id: out.target.id, volume_name: out.target.name } };
   });

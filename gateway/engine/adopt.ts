@@ -13,6 +13,7 @@ import { type BackupRecord, type VolumeRecord, now } from '../../catalog/records
 import { CHUNK_HEADER, CHUNK_MAGIC, objectName } from '../../drivers/chunk.js';
 import type { Appliance } from '../appliance.js';
 import { loadPage } from './gc.js';
+import { followPacks } from './repack.js';
 import { runWindow } from './pipeline.js';
 
 /** Pages a set of manifests need that the catalog lacks, fetched and verified. */
@@ -27,6 +28,8 @@ export async function fetchPages(app: Appliance, manifests: Manifest[]): Promise
       todo.push({ digest: d, id: m.backup.id });
     }
   }
+  // a packed repository: pages written by other catalogs are found through the pack indexes
+  if (app.repo.packed && todo.some((t) => !app.catalog.pageLocs.get(t.digest))) await followPacks(app);
   await runWindow(todo, 16, async ({ digest, id }) => {
     out.set(digest, await loadPage(app, digest, id));
   });
@@ -35,9 +38,16 @@ export async function fetchPages(app: Appliance, manifests: Manifest[]): Promise
 
 /** Chunk-index entries for the chunks `digests` names that the catalog lacks; sizes from a listing. */
 export async function chunkEntries(app: Appliance, digests: Iterable<string>, sizes?: Map<string, number>): Promise<Map<string, ChunkInfo>> {
-  const want = [...new Set(digests)].filter((d) => !app.catalog.chunk(d));
+  let want = [...new Set(digests)].filter((d) => !app.catalog.chunk(d));
   const out = new Map<string, ChunkInfo>();
   if (!want.length) return out;
+  if (app.repo.packed) {
+    // packed: every blob's entry comes from its pack's index, read into the catalog
+    await followPacks(app);
+    want = want.filter((d) => !app.catalog.chunk(d));
+    if (want.length) throw new Error(`chunk ${want[0]} is missing from the repository (it is in no pack)`);
+    return out;
+  }
   if (!sizes) {
     sizes = new Map();
     for await (const o of app.repo.store.listInfo('chunks/')) sizes.set(o.name.slice(o.name.lastIndexOf('/') + 1), o.size);

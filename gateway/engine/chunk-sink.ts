@@ -3,13 +3,15 @@
  * bound), hashing and zero detection off the event loop, deduplication against the chunk
  * index, compression and writing of unknown chunks, and the block map built page by page.
  */
-import { MapBuilder, PAGE_ENTRIES, type NewPage } from '../../catalog/blockmap.js';
+import { MapBuilder, type NewPage } from '../../catalog/blockmap.js';
 import { CODEC_ID } from '../../drivers/codec.js';
 import { OBJECT_OVERHEAD } from '../../drivers/chunk.js';
 import type { Appliance } from '../appliance.js';
 import type { ChunkInfo } from '../../catalog/catalog.js';
 import { LowWater } from './pipeline.js';
 import type { WriteBatch } from '../../drivers/store/types.js';
+import { PackWriter, type WrittenPack } from '../../drivers/pack-writer.js';
+import { indexPack } from './pack-index.js';
 
 export interface SinkStats {
   object_count: number;
@@ -35,6 +37,8 @@ export class ChunkSink {
   private readonly unstoredPages = new Map<string, Buffer>();
   /** this backup's own write batch: its sync covers exactly the objects this backup wrote */
   private readonly batch: WriteBatch;
+  /** a packed repository: chunks and pages are appended to packs (drivers/pack-writer.ts) */
+  private readonly packs: PackWriter | null;
 
   /**
    * @param sequential chunks are put in index order (a whole-volume read): finished map
@@ -46,11 +50,19 @@ export class ChunkSink {
     readonly chunkSize: number,
     depth: number,
     private readonly sequential: boolean,
+    /** blocks per slot: a whole-volume read hands over segments of many small blocks at once */
+    readonly segmentBlocks = 1,
   ) {
-    this.slots = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize));
-    this.outs = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize + OBJECT_OVERHEAD));
+    this.slots = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize * segmentBlocks));
+    this.outs = Array.from({ length: depth }, () => new ArrayBuffer((chunkSize + OBJECT_OVERHEAD) * segmentBlocks));
     this.free = Array.from({ length: depth }, (_, i) => i);
     this.batch = app.repo.batch();
+    this.packs = app.repo.packed ? new PackWriter(app.repo, this.batch) : null;
+  }
+
+  /** packs written by this backup so far */
+  get packCount(): number {
+    return this.packs?.packCount ?? 0;
   }
 
   /** the first error of any chunk so far; the producer should stop */
@@ -69,11 +81,26 @@ export class ChunkSink {
   /** ...or when the map pages waiting for the index pass this many bytes (they are kept whole until then) */
   static commitPageBytes = 8 * 1024 * 1024;
   private unstoredPageBytes = 0;
+  /** a packed repository's commit of written packs, running in the background */
+  private committing: Promise<void> | null = null;
   /** the most objects held at once waiting for their index entry (for tests) */
   peakUnindexed = 0;
 
   async acquire(): Promise<number> {
-    if ((this.unindexed.length + this.unstoredPages.size >= ChunkSink.commitEvery || this.unstoredPageBytes >= ChunkSink.commitPageBytes) && !this.failed) await this.commitWritten();
+    if (this.packs) {
+      // a packed repository indexes each pack once it is written, while the backup goes on
+      if (this.packs.writtenCount > 0 && !this.committing && !this.failed) {
+        this.committing = this.commitWritten()
+          .catch((e: unknown) => {
+            this.failure ??= e;
+          })
+          .finally(() => {
+            this.committing = null;
+          });
+      }
+    } else if ((this.unindexed.length + this.unstoredPages.size >= ChunkSink.commitEvery || this.unstoredPageBytes >= ChunkSink.commitPageBytes) && !this.failed) {
+      await this.commitWritten();
+    }
     const slot = this.free.pop();
     if (slot !== undefined) return slot;
     return new Promise((resolve) => this.waiters.push(resolve));
@@ -90,7 +117,7 @@ export class ChunkSink {
     else this.free.push(slot);
   }
 
-  /** a view of the slot's buffer, chunk-sized */
+  /** a view of the slot's buffer, segment-sized */
   buffer(slot: number): Buffer {
     return Buffer.from(this.slots[slot]!);
   }
@@ -111,8 +138,65 @@ export class ChunkSink {
     this.inflight.add(job);
   }
 
+  /** the blocks of a segment (blocks i.. of len bytes in the slot): one hash task and one encode task for them all */
+  private async storeSegment(i: number, slot: number, len: number): Promise<void> {
+    const { catalog, repo, pool } = this.app;
+    const cs = this.chunkSize;
+    const h = await pool.hashBlocks(this.slots[slot]!, len, cs);
+    this.slots[slot] = h.buf;
+    const mine: [number, number, string][] = [];
+    const waits: Promise<void>[] = [];
+    const settle: ((e?: unknown) => void)[] = [];
+    h.digests.forEach((d, k) => {
+      if (!d) return;
+      const n = Math.min(cs, len - k * cs);
+      this.stats.object_count++;
+      this.stats.data_bytes += n;
+      if (catalog.chunk(d)) return;
+      const w = this.writing.get(d);
+      if (w) {
+        waits.push(w);
+        return;
+      }
+      // this segment writes it; duplicates elsewhere wait for that
+      this.writing.set(d, new Promise<void>((resolve, reject) => settle.push((e) => (e === undefined ? resolve() : reject(e)))));
+      mine.push([k * cs, n, d]);
+    });
+    try {
+      if (mine.length) {
+        const enc = await pool.encodeBlocks(this.slots[slot]!, mine, repo.config.codec, this.outs[slot]!);
+        this.slots[slot] = enc.buf;
+        this.outs[slot] = enc.out;
+        for (let j = 0; j < mine.length; j++) {
+          const [, n, d] = mine[j]!;
+          const { object, codec } = enc.objects[j]!;
+          if (this.packs) {
+            await this.packs.add('chunks', d, object, n, CODEC_ID[codec]);
+          } else {
+            await repo.putChunk(d, object, { batch: this.batch });
+            this.unindexed.push([d, { s: object.length, c: CODEC_ID[codec], n }]);
+          }
+          this.stats.new_chunks++;
+          this.stats.new_bytes += object.length;
+        }
+      }
+      for (const f of settle) f();
+    } catch (e) {
+      for (const f of settle) f(e);
+      throw e;
+    }
+    await Promise.all(waits);
+    h.digests.forEach((d, k) => this.builder.set(i + k, d || null));
+    if (this.sequential) {
+      let lw = 0;
+      for (let k = 0; k < h.digests.length; k++) lw = this.low.complete(i + k);
+      this.flushPages(this.builder.takeFinishedPages(Math.floor(lw / this.builder.entries)));
+    }
+  }
+
   private async store(i: number, slot: number, len: number): Promise<void> {
     if (this.failure !== undefined) return;
+    if (len > this.chunkSize) return this.storeSegment(i, slot, len);
     const { catalog, repo, pool } = this.app;
     const h = await pool.hash(this.slots[slot]!, len);
     this.slots[slot] = h.buf;
@@ -129,8 +213,12 @@ export class ChunkSink {
             this.slots[slot] = enc.buf;
             this.outs[slot] = enc.out;
             // durable with this batch at the next commit of the index, which adds its entry only then
-            await repo.putChunk(h.digest, enc.object, { batch: this.batch });
-            this.unindexed.push([h.digest, { s: enc.object.length, c: CODEC_ID[enc.codec], n: len }]);
+            if (this.packs) {
+              await this.packs.add('chunks', h.digest, enc.object, len, CODEC_ID[enc.codec]);
+            } else {
+              await repo.putChunk(h.digest, enc.object, { batch: this.batch });
+              this.unindexed.push([h.digest, { s: enc.object.length, c: CODEC_ID[enc.codec], n: len }]);
+            }
             this.stats.new_chunks++;
             this.stats.new_bytes += enc.object.length;
           })();
@@ -142,7 +230,7 @@ export class ChunkSink {
     }
     if (this.sequential) {
       const lw = this.low.complete(i);
-      this.flushPages(this.builder.takeFinishedPages(Math.floor(lw / PAGE_ENTRIES)));
+      this.flushPages(this.builder.takeFinishedPages(Math.floor(lw / this.builder.entries)));
     }
   }
 
@@ -155,7 +243,8 @@ export class ChunkSink {
     if (this.app.catalog.pages.get(p.digest) || this.unstoredPages.has(p.digest)) return Promise.resolve();
     this.unstoredPages.set(p.digest, p.bytes);
     this.unstoredPageBytes += p.bytes.length;
-    const job = this.app.repo.putPage(p.digest, this.app.repo.encodePage(p.bytes, p.digest), { batch: this.batch });
+    const object = this.app.repo.encodePage(p.bytes, p.digest);
+    const job = this.packs ? this.packs.add('pages', p.digest, object, p.bytes.length, object[5]!) : this.app.repo.putPage(p.digest, object, { batch: this.batch });
     this.pages.push(job);
     return job;
   }
@@ -170,37 +259,58 @@ export class ChunkSink {
     if (this.failure !== undefined) throw this.failure;
     this.flushPages(this.builder.takeFinishedPages());
     const root = this.builder.finish();
-    await this.commitWritten();
+    await this.committing;
+    await this.commitWritten(true);
     return root;
   }
 
-  /** waits for every write in flight, makes them durable (one sync of this batch), then indexes them in one transaction */
-  private async commitWritten(): Promise<void> {
-    while (this.inflight.size) await Promise.all(this.inflight);
-    await Promise.all(this.pages);
+  /**
+   * Waits for every write in flight, makes them durable (one sync of this batch), then
+   * indexes them in one transaction. A packed repository indexes the packs written so far
+   * (`last`: the open pack is sealed and written first); blobs of the open pack wait for it.
+   */
+  private async commitWritten(last = false): Promise<void> {
+    if (!this.packs) while (this.inflight.size) await Promise.all(this.inflight);
+    await Promise.all(this.pages.splice(0));
     if (this.failure !== undefined) throw this.failure;
     this.peakUnindexed = Math.max(this.peakUnindexed, this.unindexed.length + this.unstoredPages.size);
+    if (last) this.packs?.flush();
+    const packs: WrittenPack[] = this.packs ? await this.packs.takeWritten() : [];
     await this.batch.sync();
     const { catalog } = this.app;
     const chunks = this.unindexed.splice(0);
-    const pages = [...this.unstoredPages];
+    const pages = this.packs ? [] : [...this.unstoredPages];
     await catalog.env.transaction(() => {
       for (const [d, info] of chunks) {
         catalog.chunks.put(d, info);
         catalog.clearCorrupt(d); // written anew: whole again
       }
       for (const [d, bytes] of pages) catalog.pages.put(d, bytes);
+      for (const p of packs) {
+        indexPack(catalog, p.id, p.size, p.entries, (d) => this.unstoredPages.get(d));
+        for (const e of p.entries) if (e.kind === 'chunks') catalog.clearCorrupt(e.digest);
+      }
     });
-    this.unstoredPages.clear();
-    this.unstoredPageBytes = 0;
-    this.pages.length = 0;
-    // what was written is in the index now: later duplicates find it there
-    this.writing.clear();
+    if (!this.packs) {
+      this.unstoredPages.clear();
+      this.unstoredPageBytes = 0;
+      // what was written is in the index now: later duplicates find it there
+      this.writing.clear();
+      return;
+    }
+    for (const p of packs) {
+      for (const e of p.entries) {
+        if (e.kind === 'chunks') this.writing.delete(e.digest);
+        else if (this.unstoredPages.delete(e.digest)) this.unstoredPageBytes -= e.plain;
+      }
+    }
   }
 
   /** waits for what is in flight, ignoring results (after a failure elsewhere) */
   async settle(): Promise<void> {
     while (this.inflight.size) await Promise.all(this.inflight);
     await Promise.allSettled(this.pages);
+    await this.committing;
+    await this.packs?.settle();
   }
 }

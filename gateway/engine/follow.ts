@@ -8,6 +8,8 @@
 import { readEpoch } from '../../drivers/coordination.js';
 import { now } from '../../catalog/records.js';
 import type { Appliance } from '../appliance.js';
+import { dropGonePacks } from './pack-index.js';
+import { followPacks } from './repack.js';
 
 export const EPOCH_KEY = 'gcEpoch';
 
@@ -25,8 +27,11 @@ export function knownEpoch(app: Appliance): string {
 /** What the repository holds: manifest ids, chunk and page digests. */
 export interface RepositoryListing {
   manifests: Set<string>;
+  /** loose chunk and page objects */
   chunks: Set<string>;
   pages: Set<string>;
+  /** a packed repository: the packs that are neither gone nor retired, already read into the catalog */
+  packs?: Set<string>;
 }
 
 async function listRepository(app: Appliance): Promise<RepositoryListing> {
@@ -35,6 +40,7 @@ async function listRepository(app: Appliance): Promise<RepositoryListing> {
   for await (const id of repo.listManifests()) out.manifests.add(id);
   for await (const d of repo.listChunks()) out.chunks.add(d);
   for await (const d of repo.listPages()) out.pages.add(d);
+  if (repo.packed) out.packs = new Set((await followPacks(app)).active.keys());
   return out;
 }
 
@@ -47,7 +53,7 @@ export async function followRepository(app: Appliance, epoch?: string, listing?:
   epoch ??= await readEpoch(repo.store);
   if (epoch === knownEpoch(app)) return null;
   const report: FollowReport = { epoch, droppedChunks: 0, droppedPages: 0, deletedBackups: [] };
-  const { manifests, chunks, pages } = listing ?? (await listRepository(app));
+  const { manifests, chunks, pages, packs } = listing ?? (await listRepository(app));
   await catalog.env.transaction(() => {
     for (const { value: b } of catalog.backups.getRange({})) {
       if (b.status !== 'available' || manifests.has(b.id)) continue;
@@ -61,13 +67,18 @@ export async function followRepository(app: Appliance, epoch?: string, listing?:
       catalog.maps.remove(b.id);
       report.deletedBackups.push(b.id);
     }
-    for (const { key } of catalog.chunks.getRange({})) {
-      if (chunks.has(String(key))) continue;
+    if (packs) {
+      const dropped = dropGonePacks(catalog, packs);
+      report.droppedChunks += dropped.chunks;
+      report.droppedPages += dropped.pages;
+    }
+    for (const { key, value } of catalog.chunks.getRange({})) {
+      if (value.p || chunks.has(String(key))) continue; // a packed blob goes with its pack
       catalog.chunks.remove(key);
       report.droppedChunks++;
     }
     for (const { key } of catalog.pages.getRange({})) {
-      if (pages.has(String(key))) continue;
+      if (pages.has(String(key)) || catalog.pageLocs.get(key)) continue;
       catalog.pages.remove(key);
       report.droppedPages++;
     }

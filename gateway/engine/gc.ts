@@ -32,7 +32,8 @@
 import { pageChunkDigests } from '../../catalog/blockmap.js';
 import { ConflictError } from '../../catalog/catalog.js';
 import { decodeManifest } from '../../catalog/manifest.js';
-import { RepositoryBusyError, acquireGcLock, describeHolder, liveWriters, newEpoch } from '../../drivers/coordination.js';
+import { DEFAULT_TTL_MS, RepositoryBusyError, acquireGcLock, describeHolder, liveWriters, newEpoch } from '../../drivers/coordination.js';
+import { type PackGcReport, followPacks, sweepPacks } from './repack.js';
 import type { Appliance } from '../appliance.js';
 import { followRepository } from './follow.js';
 import { runWindow } from './pipeline.js';
@@ -46,12 +47,20 @@ export interface GcReport {
   freedBytes: number;
   /** unreferenced objects kept because they are younger than the grace window */
   keptYoung: number;
+  /** a packed repository: packs deleted, repacked, written by repacking (gateway/engine/repack.ts) */
+  packs?: PackGcReport;
 }
 
 export interface GcOptions {
   onPhase?: (phase: string) => void;
   /** never sweep an object modified less than this long ago (default 0: leases and the epoch make it safe) */
   graceMs?: number;
+  /** packed repository: repack a pack when this fraction of it is dead (default 0.5) */
+  repackThreshold?: number;
+  /** packed repository: a repacked pack is deleted by a GC this long after (default: the lease TTL) */
+  retireMs?: number;
+  /** packed repository: called between the steps of a repack */
+  onStep?: (step: string) => void;
 }
 
 export async function collectGarbage(app: Appliance, opts: GcOptions = {}): Promise<GcReport> {
@@ -91,6 +100,8 @@ async function markAndSweep(app: Appliance, epoch: string, opts: GcOptions): Pro
     await repo.deleteManifest(id);
     report.removedManifests++;
   }
+  // a packed repository: every pack's index is known before the mark (pages of other writers are read through it)
+  const packs = repo.packed ? await followPacks(app) : null;
   opts.onPhase?.('mark');
   const livePages = new Set<string>();
   const liveChunks = new Set<string>();
@@ -119,8 +130,16 @@ async function markAndSweep(app: Appliance, epoch: string, opts: GcOptions): Pro
   const pages = await sweep(app, 'pages', livePages, cutoff, report);
   report.removedChunks = chunks.removed;
   report.removedPages = pages.removed;
+  let presentPacks: Set<string> | undefined;
+  if (packs) {
+    const pr: PackGcReport = { removedPacks: 0, repackedPacks: 0, newPacks: 0, copiedBytes: 0, deletedRetired: 0, freedBytes: 0, keptYoung: 0 };
+    presentPacks = await sweepPacks(app, packs, { chunks: liveChunks, pages: livePages }, { cutoff, repackThreshold: opts.repackThreshold, retireMs: opts.retireMs ?? DEFAULT_TTL_MS, onStep: opts.onStep }, pr);
+    report.packs = pr;
+    report.freedBytes += pr.freedBytes;
+    report.keptYoung += pr.keptYoung;
+  }
   // this catalog now matches the repository at the new epoch (from what the GC just listed)
-  await followRepository(app, epoch, { manifests, chunks: chunks.kept, pages: pages.kept });
+  await followRepository(app, epoch, { manifests, chunks: chunks.kept, pages: pages.kept, packs: presentPacks });
   return report;
 }
 

@@ -13,6 +13,7 @@ import { readEpoch, writerLive } from '../../drivers/coordination.js';
 import type { Appliance } from '../appliance.js';
 import { type Adoption, adoptedRecord, chunkEntries, commitAdoption, fetchPages, manifestChunks, volumeFor } from './adopt.js';
 import { EPOCH_KEY } from './follow.js';
+import { followPacks } from './repack.js';
 
 export interface RebuildReport {
   manifests: number;
@@ -38,6 +39,8 @@ export async function rebuildCatalog(app: Appliance, opts: { onProgress?: (done:
   // one listing of the chunk objects gives every size the index needs
   const sizes = new Map<string, number>();
   for await (const o of repo.store.listInfo('chunks/')) sizes.set(o.name.slice(o.name.lastIndexOf('/') + 1), o.size);
+  // ...and in a packed repository, every pack's index gives the locations of its chunks and pages
+  if (repo.packed) await followPacks(app);
   let done = 0;
   for (let i = 0; i < ids.length; i += BATCH) {
     const manifests: { m: Manifest; root: Buffer; revive: boolean }[] = [];

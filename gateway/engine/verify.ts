@@ -32,9 +32,10 @@
  */
 import fs from 'node:fs/promises';
 import { ConflictError } from '../../catalog/catalog.js';
-import { PAGE_ENTRIES, rootDigests } from '../../catalog/blockmap.js';
+import { pageEntriesFor, rootDigests } from '../../catalog/blockmap.js';
 import { type BackupRecord, type VerifyFailure, now } from '../../catalog/records.js';
 import { CHUNK_HEADER, DIGEST_BYTES, objectName } from '../../drivers/chunk.js';
+import { packObjectName } from '../../drivers/pack.js';
 import { ObjectNotFoundError, type ObjectStore } from '../../drivers/store/types.js';
 import type { Appliance } from '../appliance.js';
 import { RepoChunkReader } from '../read/chunk-reader.js';
@@ -101,6 +102,8 @@ export class VerifyCache {
   chunksChecked = 0;
   pagesChecked = 0;
   bytesRead = 0;
+  /** sizes of the packs met in this run (packed repositories) */
+  readonly packSizes = new Map<string, Promise<number | null>>();
 
   constructor(readonly maxEntries = 250_000) {}
 
@@ -147,6 +150,20 @@ function isDataError(e: unknown): boolean {
  * answers with a stat; any other with one ranged read of the 2 bytes from size-1, which
  * returns exactly 1 byte only when the object is `expected` bytes long.
  */
+/** an object's size: a stat for a local store, else a ranged read at the expected end; null if missing */
+async function storedSize(store: ObjectStore, name: string, expected: number | undefined): Promise<number | null> {
+  const local = store.localPath?.(name);
+  try {
+    if (local) return (await fs.stat(local)).size;
+    if (!expected) return (await store.has(name)) ? Infinity : null;
+    const n = (await store.getRange(name, expected - 1, 2)).length;
+    return n === 0 ? expected - 1 : n === 1 ? expected : expected + 1;
+  } catch (e) {
+    if (e instanceof ObjectNotFoundError || (e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+}
+
 async function checkStoredSize(store: ObjectStore, name: string, digest: string, expected: number | undefined): Promise<string | null> {
   const local = store.localPath?.(name);
   let size: number | null | 'longer' | 'shorter';
@@ -223,6 +240,7 @@ async function verifyHeld(app: Appliance, b: BackupRecord, opts: VerifyOptions):
   const cache = opts.cache ?? new VerifyCache();
   const maxFailures = opts.maxFailures ?? DEFAULT_MAX_FAILURES;
   const reader = new RepoChunkReader(repo, pool);
+  const PAGE_ENTRIES = pageEntriesFor(b.chunk_size);
   const chunkCount = Math.ceil(b.size_bytes / b.chunk_size);
   const blockLength = (i: number) => Math.min(b.chunk_size, b.size_bytes - i * b.chunk_size);
   const failures: VerifyFailure[] = [];
@@ -246,9 +264,25 @@ async function verifyHeld(app: Appliance, b: BackupRecord, opts: VerifyOptions):
       return r;
     });
 
+  /** a pack's size in the repository (null: missing), asked once per pack in a run */
+  const packSize = (id: string): Promise<number | null> => {
+    let p = cache.packSizes.get(id);
+    if (!p) {
+      p = storedSize(repo.store, packObjectName(id), catalog.packs.get(id)?.s);
+      cache.packSizes.set(id, p);
+    }
+    return p;
+  };
+
   const inspectChunk = async (d: string): Promise<ChunkResult & { indexed: boolean }> => {
     const info = catalog.chunk(d);
     const indexed = !!info;
+    if (opts.quick && info?.p) {
+      // a packed blob: its pack must be there and hold the blob's range
+      const size = await packSize(info.p);
+      const error = size === null ? `chunk ${d}: its pack ${info.p} is missing from the repository` : size < (info.o ?? 0) + info.s ? `chunk ${d}: its pack ${info.p} is ${size} bytes, shorter than the blob's end (${(info.o ?? 0) + info.s})` : null;
+      return { error, n: error ? -1 : info.n, indexed };
+    }
     if (opts.quick) {
       const error = await checkStoredSize(repo.store, objectName('chunks', d), d, info?.s);
       return { error, n: error ? -1 : info!.n, indexed };

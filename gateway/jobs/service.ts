@@ -27,6 +27,8 @@ export interface BackupRequest {
   snapshotId?: string | null;
   metadata?: Record<string, string>;
   userId: string;
+  /** the CLI (the appliance's local admin) is outside the API's project quotas */
+  skipQuota?: boolean;
 }
 
 export interface JobOptions {
@@ -36,8 +38,8 @@ export interface JobOptions {
   maxQueued?: number;
 }
 
-/** a request that cannot be carried out as asked (HTTP 400 badRequest) */
-export class InvalidRequestError extends Error {
+/** a request that cannot be carried out in the current state (HTTP 400 badRequest; CLI exit 4) */
+export class InvalidRequestError extends ConflictError {
   constructor(message: string) {
     super(message);
     this.name = 'InvalidRequestError';
@@ -91,11 +93,11 @@ export class JobService {
     // with a snapshot, the parent is the newest available backup older than the snapshot (Cinder's rule)
     const parent = r.incremental ? catalog.listBackups(v.id).filter((b) => b.status === 'available' && (!parentBefore || b.data_timestamp < parentBefore)).at(-1) : undefined;
     if (r.incremental && !parent) throw new InvalidRequestError('Invalid backup: No backups available to do an incremental backup.');
-    const res = this.quotas.reserve(v.project_id, sizeGiB(v.size));
+    const res = r.skipQuota ? null : this.quotas.reserve(v.project_id, sizeGiB(v.size));
     let rec: BackupRecord | undefined;
     try {
       rec = await startBackup(this.app, { volume: v.id, force: r.force, name: r.name ?? undefined, description: r.description ?? undefined, snapshotId: r.snapshotId ?? null, projectId: v.project_id, userId: r.userId });
-      this.quotas.attach(res.id, rec.id);
+      if (res) this.quotas.attach(res.id, rec.id);
       rec = { ...rec, parent_id: parent?.id ?? null, is_incremental: !!parent, metadata: r.metadata ?? {}, ...(parentBefore ? { data_timestamp: parentBefore } : {}) };
       catalog.putBackup(rec);
       // the volume is backing-up meanwhile (one backup of a volume at a time, as in Cinder)
@@ -105,10 +107,10 @@ export class JobService {
         if (!cur || (cur.status !== 'available' && cur.status !== 'in-use')) throw new InvalidRequestError(`Invalid volume: Volume to be backed up must be available or in-use, but the current status is "${cur?.status ?? 'deleted'}".`);
         catalog.volumes.putSync(v.id, { ...cur, status: 'backing-up', previous_status: cur.status });
       });
-      const job = this.queue.submit({ kind: 'backup', backup_id: id, volume_id: v.id, project_id: rec.project_id, user_id: r.userId, params: r.snapshotId ? { snapshot_id: r.snapshotId } : {}, reservation: res.id });
+      const job = this.queue.submit({ kind: 'backup', backup_id: id, volume_id: v.id, project_id: rec.project_id, user_id: r.userId, params: r.snapshotId ? { snapshot_id: r.snapshotId } : {}, reservation: res?.id ?? null });
       return { backup: rec, job };
     } catch (e) {
-      this.quotas.end(res.id);
+      this.quotas.end(res?.id);
       if (rec) {
         catalog.backups.removeSync(rec.id);
         catalog.unregisterWriter(rec.id);
@@ -123,13 +125,7 @@ export class JobService {
     const b = catalog.backups.get(r.backupId);
     if (!b || b.status === 'deleted') throw new NotFoundError('backup', r.backupId);
     if (b.status !== 'available') throw new InvalidRequestError(`Invalid backup: Backup status must be available, but the current status is "${b.status}".`);
-    if (r.volumeId) {
-      const t = catalog.volume(r.volumeId);
-      if (t.status !== 'available') throw new InvalidRequestError(`Invalid volume: Volume to be restored to must be available, but the current status is "${t.status}".`);
-      const size = await this.app.volumeDriver(t).size();
-      if (size < b.size_bytes) throw new InvalidRequestError(`Invalid volume: volume size ${sizeGiB(size)}GB cannot be smaller than the backup size ${b.size}GB. (${size} < ${b.size_bytes} bytes)`);
-    }
-    const { backup, target } = await prepareRestore(this.app, { backup: b.id, ...(r.volumeId ? { volume: r.volumeId } : { newName: r.name ?? `restore_backup_${b.id}` }) });
+    const { backup, target } = await prepareRestore(this.app, { backup: b.id, ...(r.volumeId ? { volume: r.volumeId } : { newName: r.name ?? undefined }) });
     try {
       const job = this.queue.submit({ kind: 'restore', backup_id: backup.id, volume_id: target.id, project_id: backup.project_id, user_id: r.userId, params: { new_volume: !r.volumeId } });
       return { backup: catalog.backups.get(backup.id)!, target, job };

@@ -16,8 +16,18 @@ export interface ChunkReader {
 export class RepoChunkReader implements ChunkReader {
   constructor(private readonly repo: Repository, private readonly pool: ChunkWorkerPool) {}
   async read(digest: string): Promise<Buffer> {
-    const local = this.repo.chunkPath(digest);
-    if (local) return this.pool.decodeFile(local, digest);
+    const local = this.repo.chunkFile(digest);
+    if (local) {
+      try {
+        return await this.pool.decodeFile(local.path, digest, local.offset, local.length);
+      } catch (e) {
+        // a pack gone under a location read before a repack switched it: find the blob again
+        if (local.length < 0 || (e as Error).name !== 'ObjectNotFoundError' || !(await this.repo.relocate())) throw e;
+        const again = this.repo.chunkFile(digest);
+        if (!again || again.path === local.path) throw e;
+        return this.pool.decodeFile(again.path, digest, again.offset, again.length);
+      }
+    }
     const object = await this.repo.getChunk(digest);
     return this.pool.decode(object, digest);
   }

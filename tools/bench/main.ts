@@ -15,6 +15,7 @@ import { benchEncryption } from './encryption.js';
 import { benchMemory } from './memory.js';
 import { SUITE as REPO_SCALE, type ScaleRow, benchRepo } from './repo.js';
 import { ROUNDS, machine } from './stats.js';
+import { benchPacks, packsNotes } from './packs.js';
 import { benchEvents } from './events.js';
 
 const work = path.resolve(process.env.BENCH_DIR ?? '.bench');
@@ -32,6 +33,7 @@ const suites: Record<string, (work: string, sizeMiB: number) => Promise<Row[]>> 
   [REPO_SCALE]: benchRepo,
   encryption: benchEncryption,
   memory: (work) => benchMemory(work),
+  packs: benchPacks,
   events: (work) => benchEvents(work),
 };
 const only = process.argv.slice(2);
@@ -120,6 +122,22 @@ for (const op of ['full backup', 'restore', 'nbdcopy first read']) {
 const m1 = get('blockgate', 'backup 64K chunks 1 GiB', 'memory');
 const m64 = get('blockgate', 'backup 64K chunks 64 GiB', 'memory');
 if (m1 && m64) ratios['peak RSS 64 GiB / 1 GiB at 64K chunks (target <= 1.1)'] = (m64.rssMiB / m1.rssMiB).toFixed(2);
+// packs (issue 16): small blocks in packs against 4 MiB chunk objects
+const packed = 'blockgate packed 16K';
+const loose = 'blockgate 4M chunks';
+for (const op of ['full backup', 'restore', 'nbdcopy first read', 'nbdcopy cached', 'fio randread 4k cold IOPS']) {
+  const a = get(packed, op, 'packs');
+  const b = get(loose, op, 'packs');
+  if (a && b) ratios[`packed 16K vs 4M chunks, ${op}${op.startsWith('fio') ? ' (target >= 3)' : ' (target >= 1)'}`] = ratio(a, b);
+}
+const si = get(packed, 'scattered incremental', 'packs');
+const sl = get(loose, 'scattered incremental', 'packs');
+if (si?.storedBytes !== undefined && sl?.storedBytes !== undefined) {
+  const cinder = Number(packsNotes['Cinder 32 KiB blocks would store (touched blocks, zstd)']);
+  ratios['scattered incremental stored, packed 16K / Cinder 32K bound (target <= 1)'] = (si.storedBytes / cinder).toFixed(3);
+  ratios['scattered incremental stored, packed 16K / 4M chunks (target <= 0.1)'] = (si.storedBytes / sl.storedBytes).toFixed(4);
+}
+for (const [k, v] of Object.entries(packsNotes)) if (k.includes('objects')) ratios[`packs: ${k}`] = v;
 console.log('\nratios (blockgate / peer, throughput):');
 for (const [k, v] of Object.entries(ratios)) console.log(`  ${k}: ${v}`);
 fs.writeFileSync(path.join(work, 'results.json'), JSON.stringify({ date: new Date().toISOString(), machine: host, rounds: ROUNDS, sizeMiB, rows, ratios, failed }, null, 2));

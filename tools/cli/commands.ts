@@ -1,18 +1,16 @@
 /** The volume, backup and repo commands of the `blockgate` CLI. */
-import { spawn } from 'node:child_process';
 import type { Command } from 'commander';
-import { ownerHere } from '../../catalog/catalog.js';
-import { processStart } from '../../drivers/process-identity.js';
 import { runBackup, startBackup } from '../../gateway/engine/backup.js';
 import { deleteBackup } from '../../gateway/engine/delete.js';
 import { collectGarbage } from '../../gateway/engine/gc.js';
-import { prepareRestore, runRestore } from '../../gateway/engine/restore.js';
+import { runRestore } from '../../gateway/engine/restore.js';
 import { prepareRestoreToNewRbd } from '../../gateway/engine/restore-rbd.js';
 import { createVolume, deleteVolume, setAttached } from '../../gateway/engine/volumes.js';
 import { repoInfo } from '../../gateway/engine/repo-info.js';
 import { parseSize } from '../../gateway/size.js';
 import { UsageError, printRecord, printRows, progressBar } from './output.js';
 import { type InstantRestoreOptions, instantRestore, instantRestoreOptions } from './instant.js';
+import { backupNoWait, restoreThroughJobs } from './jobs.js';
 import { type Globals, withApp } from './context.js';
 
 export { type Globals, withApp } from './context.js';
@@ -72,23 +70,8 @@ export function backupCommands(program: Command, g: () => Globals): void {
     .option('--snapshot-id <id>', 'record the volume snapshot this backup was taken from')
     .option('--no-wait', 'return the backup id at once (status creating) and run it in the background')
     .action((volume: string, o: { incremental?: boolean; force?: boolean; name?: string; description?: string; snapshotId?: string; wait: boolean }) =>
-      withApp(g(), async (app) => {
+      !o.wait ? backupNoWait(g(), { volume, incremental: o.incremental, force: o.force, name: o.name, description: o.description, snapshotId: o.snapshotId }) : withApp(g(), async (app) => {
         const rec = await startBackup(app, { volume, incremental: o.incremental, force: o.force, name: o.name, description: o.description, snapshotId: o.snapshotId });
-        if (!o.wait) {
-          // hand the recorded backup to a detached job process: ownership passes in one step from
-          // this process to the job's identity (pid and start time), so at every instant a live or
-          // a dead process owns it, and recovery settles it if the job never starts or dies
-          const child = spawn(process.execPath, [process.argv[1]!, ...(g().dataDir ? ['--data-dir', g().dataDir!] : []), 'job', 'backup', rec.id], { detached: true, stdio: 'ignore' });
-          const jobOwner = child.pid ? { ...ownerHere(), pid: child.pid, start: processStart(child.pid) ?? 0 } : null;
-          app.catalog.env.transactionSync(() => {
-            if (jobOwner) app.catalog.putBackup({ ...rec, owner: jobOwner });
-            else app.catalog.putBackup({ ...rec, status: 'error', owner: null, fail_reason: 'the background job could not be started' });
-            app.catalog.unregisterWriter(rec.id);
-          });
-          child.unref();
-          printRecord(g().format, app.catalog.view(app.catalog.backupRecord(rec.id)));
-          return;
-        }
         const bar = progressBar(`backup ${rec.name}`);
         try {
           printRecord(g().format, app.catalog.view(await runBackup(app, rec, bar.update)));
@@ -123,11 +106,9 @@ export function backupCommands(program: Command, g: () => Globals): void {
     .option('--ceph-conf <file>', 'with --rbd: ceph.conf of the cluster (default CEPH_CONF)')
     .option('--ceph-user <id>', 'with --rbd: ceph user (default BLOCKGATE_CEPH_USER, else admin)')
     .action((ref: string, volume: string | undefined, o: InstantRestoreOptions & { rbd?: string; cephConf?: string; cephUser?: string }) =>
-      o.instant ? instantRestore(g(), ref, volume, o) : withApp(g(), async (app) => {
+      o.instant ? instantRestore(g(), ref, volume, o) : !o.rbd ? restoreThroughJobs(g(), ref, volume, o.name) : withApp(g(), async (app) => {
         if (o.rbd && volume) throw new UsageError('give either a target volume or --rbd (a new RBD image), not both');
-        const { backup, target } = o.rbd
-          ? await prepareRestoreToNewRbd(app, { backup: ref, rbd: o.rbd, name: o.name ?? o.rbd.slice(o.rbd.indexOf('/') + 1), cephConf: o.cephConf, cephUser: o.cephUser })
-          : await prepareRestore(app, { backup: ref, volume, newName: o.name });
+        const { backup, target } = await prepareRestoreToNewRbd(app, { backup: ref, rbd: o.rbd!, name: o.name ?? o.rbd!.slice(o.rbd!.indexOf('/') + 1), cephConf: o.cephConf, cephUser: o.cephUser });
         const bar = progressBar(`restore ${backup.name}`);
         try {
           printRecord(g().format, await runRestore(app, backup, target, bar.update));
@@ -144,35 +125,20 @@ export function repoCommands(program: Command, g: () => Globals): void {
   repo.command('gc')
     .description('reclaim chunks and pages that no manifest in the repository names (safe with several appliances on one repository)')
     .option('--grace <duration>', 'also keep unreferenced objects younger than this, e.g. 30m, 24h (default 0)')
-    .action((o: { grace?: string }) => withApp(g(), async (app) => printRecord(g().format, await collectGarbage(app, { graceMs: o.grace ? duration(o.grace) : 0 }))));
-}
-
-/** internal: the detached process behind `backup create --no-wait` */
-export function jobCommands(program: Command, g: () => Globals): void {
-  program
-    .command('job', { hidden: true })
-    .command('backup <id>')
-    .action((id: string) =>
+    .option('--repack-threshold <fraction>', 'packed repository: repack a pack once this fraction of it is unused, 0 to 1 (default 0.5; restic prune --max-unused)')
+    .option('--retire <duration>', 'packed repository: delete a repacked pack once it has been retired this long (default 10m: readers that looked it up before the repack still find it)')
+    .action((o: { grace?: string; repackThreshold?: string; retire?: string }) =>
       withApp(g(), async (app) => {
-        // the CLI that started it made this process the owner; wait (briefly) until it has
-        const deadline = Date.now() + 15_000;
-        let rec = app.catalog.backupRecord(id);
-        while (rec.status === 'creating' && rec.owner?.pid !== process.pid && Date.now() < deadline) {
-          await new Promise((r) => setTimeout(r, 20));
-          rec = app.catalog.backupRecord(id);
+        let repackThreshold: number | undefined;
+        if (o.repackThreshold !== undefined) {
+          repackThreshold = Number(o.repackThreshold);
+          if (!(repackThreshold >= 0 && repackThreshold <= 1)) throw new UsageError(`--repack-threshold ${JSON.stringify(o.repackThreshold)} is not a fraction between 0 and 1`);
         }
-        if (rec.status !== 'creating' || rec.owner?.pid !== process.pid) throw new Error(`backup ${id} is not this job's to run (${rec.status})`);
-        rec = { ...rec, owner: ownerHere() };
-        try {
-          app.catalog.env.transactionSync(() => {
-            app.catalog.registerWriter(rec.id);
-            app.catalog.putBackup(rec);
-          });
-        } catch (e) {
-          app.catalog.transition(rec.id, ['creating'], 'error', { owner: null, fail_reason: (e as Error).message });
-          throw e;
-        }
-        await runBackup(app, rec);
+        const retireMs = o.retire !== undefined ? duration(o.retire) : undefined;
+        // a test hook: the crash tests make the process die (SIGKILL) at a named step of a repack
+        const dieAt = process.env.BLOCKGATE_TEST_GC_KILL_AT;
+        const onStep = dieAt ? (step: string) => void (step === dieAt && process.kill(process.pid, 'SIGKILL')) : undefined;
+        printRecord(g().format, await collectGarbage(app, { graceMs: o.grace ? duration(o.grace) : 0, repackThreshold, retireMs, onStep }));
       }),
     );
 }

@@ -18,6 +18,7 @@ import path from 'node:path';
 import { Option, type Command } from 'commander';
 import { Catalog } from '../../catalog/catalog.js';
 import { CODECS, type CodecName } from '../../drivers/codec.js';
+import { DEFAULT_BLOCK } from '../../drivers/chunk.js';
 import { Repository, type RepoSecrets } from '../../drivers/repository.js';
 import { readSecretFrom } from '../../gateway/repo-secrets.js';
 import type { ObjectStore } from '../../drivers/store/types.js';
@@ -42,6 +43,7 @@ export interface RepoCreateOptions {
   secretKeyFile?: string;
   concurrency?: string;
   chunkSize?: string;
+  packSize?: string;
   codec?: CodecName;
   /** a new encrypted repository (AES-256-GCM, keyed names) */
   encrypt?: boolean;
@@ -142,7 +144,7 @@ async function checkCatalog(dataDir: string, repoId: string | null, location: st
 }
 
 /** blockgate.json gets the repository; made 0600 first when it will hold a secret. */
-function writeConfig(dataDir: string, repository: RepoDriverConfig, chunkSize: number, codec: CodecName, encryption?: ApplianceConfig['encryption']): void {
+function writeConfig(dataDir: string, repository: RepoDriverConfig, chunkSize: number, codec: CodecName, packSize: number, encryption?: ApplianceConfig['encryption']): void {
   const cfg = loadConfig(dataDir);
   const file = path.join(cfg.dataDir, CONFIG_FILE);
   const secret = repository.driver === 's3' && repository.secretAccessKey !== undefined;
@@ -151,18 +153,18 @@ function writeConfig(dataDir: string, repository: RepoDriverConfig, chunkSize: n
     if (!fs.existsSync(file)) fs.writeFileSync(file, '{}\n', { mode: 0o600 });
     fs.chmodSync(file, 0o600);
   }
-  saveConfig({ ...cfg, repository, chunkSize, codec, encryption }, ['repository', 'chunkSize', 'codec', 'encryption']);
+  saveConfig({ ...cfg, repository, chunkSize, codec, packSize, encryption }, ['repository', 'chunkSize', 'codec', 'packSize', 'encryption']);
 }
 
 export async function repoCreate(g: Globals, o: RepoCreateOptions): Promise<Record<string, unknown>> {
   const repository = repoConfigFrom(o);
   let chunkSize: number | undefined;
-  if (o.chunkSize !== undefined) {
-    try {
-      chunkSize = parseSize(o.chunkSize);
-    } catch (e) {
-      throw new UsageError((e as Error).message);
-    }
+  let packSize: number | undefined;
+  try {
+    if (o.chunkSize !== undefined) chunkSize = parseSize(o.chunkSize);
+    if (o.packSize !== undefined) packSize = o.packSize === '0' ? 0 : parseSize(o.packSize);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
   }
   const base = loadConfig(g.dataDir);
   const dataDir = base.dataDir;
@@ -189,7 +191,15 @@ export async function repoCreate(g: Globals, o: RepoCreateOptions): Promise<Reco
       const encrypt = o.encrypt ? { passphrase: secrets.passphrase ?? undefined, keyFile: secrets.keyFile ?? undefined } : undefined;
       if (encrypt && !encrypt.passphrase && !encrypt.keyFile) throw new UsageError('--encrypt needs a passphrase (BLOCKGATE_PASSPHRASE or --passphrase-file) or --key-file');
       if (encrypt?.keyFile && fs.existsSync(encrypt.keyFile)) throw new UsageError(`key file ${encrypt.keyFile} already exists: a new repository gets a new key`);
-      repo = await Repository.create(store, { chunkSize: chunkSize ?? base.chunkSize, codec: o.codec ?? base.codec, encrypt });
+      const packed = packSize ?? base.packSize ?? 0;
+      // a packed repository's block defaults to the small block, a loose one's to 4 MiB
+      const cs = chunkSize ?? (packed ? (base.chunkSize < 64 * 1024 ? base.chunkSize : DEFAULT_BLOCK) : base.chunkSize);
+      try {
+        repo = await Repository.create(store, { chunkSize: cs, codec: o.codec ?? base.codec, packSize: packed, encrypt });
+      } catch (e) {
+        if (/chunk size|pack size/.test((e as Error).message)) throw new UsageError((e as Error).message);
+        throw e;
+      }
       created = true;
     }
   } finally {
@@ -199,11 +209,12 @@ export async function repoCreate(g: Globals, o: RepoCreateOptions): Promise<Reco
   if (!created) {
     notes.push(`a blockgate repository already exists at ${repo.store.location}: using it`);
     if (chunkSize !== undefined && chunkSize !== repo.chunkSize) notes.push(`its chunk size stays ${repo.chunkSize} (--chunk-size applies to a new repository)`);
+    if (packSize !== undefined && packSize !== (repo.config.packSize ?? 0)) notes.push(`its pack size stays ${repo.config.packSize ?? 0} (--pack-size applies to a new repository)`);
     if (o.codec !== undefined && o.codec !== repo.config.codec) notes.push(`its codec stays ${repo.config.codec} (--codec applies to a new repository)`);
   }
   await checkCatalog(dataDir, repo.config.id, repo.store.location, { id: repo.config.id });
   const encryption = repo.keys ? { ...(keyFile ? { keyFile } : {}), ...(o.passphraseFile && o.passphraseFile !== '-' ? { passphraseFile: path.resolve(o.passphraseFile) } : {}) } : undefined;
-  writeConfig(dataDir, repository, repo.chunkSize, repo.config.codec, encryption);
+  writeConfig(dataDir, repository, repo.chunkSize, repo.config.codec, repo.config.packSize ?? 0, encryption);
   const app = await Appliance.open(loadConfig(dataDir));
   try {
     return { driver: repository.driver, created, config: redactRepoConfig(repository), ...(notes.length ? { notes } : {}), ...repoInfo(app) };
@@ -227,7 +238,8 @@ export function repoCreateCommand(program: Command, g: () => Globals): void {
     .option('--secret-key-file <file>', 's3: file holding the secret key for --access-key ("-": stdin; default AWS_SECRET_ACCESS_KEY)')
     .addOption(new Option('--secret-key <secret>', 'refused: use --secret-key-file (argv is visible in ps)').hideHelp())
     .option('--concurrency <n>', 's3: parallel requests (default 8)')
-    .option('--chunk-size <size>', 'chunk size of a new repository, a power of two from 64K to 16M (default 4M)')
+    .option('--chunk-size <size>', 'chunk (block) size of a new repository, a power of two: 8K to 16M packed (default 16K), 64K to 16M with --pack-size 0 (default 4M)')
+    .option('--pack-size <size>', 'a new packed repository: blocks go into pack objects of about this size, 1M to 1G (e.g. 32M); 0: one object per chunk')
     .addOption(new Option('--codec <codec>', 'compression of a new repository (default zstd)').choices([...CODECS]))
     .option('--encrypt', 'a new encrypted repository: its master key wrapped by a passphrase (BLOCKGATE_PASSPHRASE or --passphrase-file), or in a new --key-file')
     .option('--passphrase-file <file>', 'file holding the passphrase of an encrypted repository ("-": stdin at create; its path is kept in blockgate.json)')

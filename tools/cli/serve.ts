@@ -10,6 +10,7 @@ import { BackupExports, OVERLAY_SUFFIX, type OverlaySaveRequest, overlaySaveKey 
 import { ConflictError, NotFoundError } from '../../catalog/catalog.js';
 import { SessionStore } from '../../catalog/sessions.js';
 import { installInstantRestore } from '../../gateway/instant/daemon.js';
+import { installNode } from '../../gateway/nodes/node.js';
 import { type Globals, withApp } from './context.js';
 import { UsageError, printRecord, printRows } from './output.js';
 
@@ -92,6 +93,7 @@ export function serveCommands(program: Command, g: () => Globals): void {
       });
       // the daemon's features, registered explicitly
       await installInstantRestore(daemon);
+      await installNode(daemon);
       for (const h of hooks) await h(daemon);
       await daemon.start();
       let svc: Awaited<ReturnType<typeof startService>>;
