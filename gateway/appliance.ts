@@ -15,6 +15,7 @@ import type { VolumeDriver } from '../drivers/volume/types.js';
 import type { BackupRecord, VolumeRecord } from '../catalog/records.js';
 import os from 'node:os';
 import { EventBus } from './events/bus.js';
+import { JobStore } from '../catalog/jobs.js';
 import { EVENTS_DIR, EventLog } from './events/log.js';
 import { KafkaSink, type KafkaSinkOptions } from './events/kafka.js';
 import { followRepository } from './engine/follow.js';
@@ -39,10 +40,10 @@ export async function openStore(cfg: RepoDriverConfig): Promise<ObjectStore> {
   return f(cfg);
 }
 
-export type VolumeDriverFactory = (v: VolumeRecord) => VolumeDriver;
+export type VolumeDriverFactory = (v: VolumeRecord, config: ApplianceConfig) => VolumeDriver;
 const volumeFactories: Record<string, VolumeDriverFactory> = {
   file: (v) => new FileVolume(v.path),
-  rbd: (v) => new RbdVolume(v.path, { conf: v.ceph_conf, user: v.ceph_user }),
+  rbd: (v, config) => new RbdVolume(v.path, { conf: v.ceph_conf, user: v.ceph_user ?? config.cephUser }),
 };
 export function registerVolumeDriver(name: string, f: VolumeDriverFactory): void {
   volumeFactories[name] = f;
@@ -125,7 +126,9 @@ export class Appliance {
     };
     try {
       // a backup whose process died before its commit may have left its manifest: it names nothing committed
-      for (const b of settled) if (b.status === 'error') await repo.deleteManifest(b.id);
+      // (not one another node of the cluster ran for this one: its manifest, if any, is committed)
+      const elsewhere = new Set(new JobStore(catalog.env).active().filter((j) => j.params?.cluster).map((j) => j.backup_id));
+      for (const b of settled) if (b.status === 'error' && !elsewhere.has(b.id)) await repo.deleteManifest(b.id);
       // other appliances sharing the repository may have deleted backups and collected garbage
       await followRepository(app);
     } catch (e) {
@@ -143,7 +146,7 @@ export class Appliance {
   volumeDriver(v: VolumeRecord): VolumeDriver {
     const f = volumeFactories[v.driver];
     if (!f) throw new Error(`volume ${v.name} uses driver "${v.driver}", which this appliance does not have`);
-    return f(v);
+    return f(v, this.config);
   }
 
   get volumesDir(): string {
