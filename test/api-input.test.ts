@@ -9,7 +9,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { cliJson, tmpDir, treeState } from './helpers/core.js';
-import { type ApiDaemon, http, startApi, waitBackup } from './helpers/api.js';
+import { type ApiDaemon, http, startApi, until, waitBackup, waitVolume } from './helpers/api.js';
+import type { JobRecord } from '../catalog/jobs.js';
+import { controlRequest } from '../gateway/instant/control.js';
 
 const MiB = 1024 * 1024;
 
@@ -36,6 +38,9 @@ test('bad input is refused with Cinder status and body, and changes nothing', as
   t.is(made.status, 202);
   const b1 = (made.json as { backup: { id: string } }).backup.id;
   t.is(await waitBackup(d, b1), 'available');
+  // the job ends after the commit: the volume leaves backing-up then
+  t.is(await waitVolume(d, src.id, ['available']), 'available');
+  await until('the job to end', async () => ((await controlRequest<JobRecord[]>(data, 'GET', '/jobs')).every((j) => j.status === 'done') ? true : undefined));
   const before = await state(d);
 
   const expect = async (what: string, r: Promise<{ status: number; json: unknown }>, status: number, fault: string, message: RegExp) => {

@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import { GiB, type VolumeStatus } from '../../catalog/records.js';
 import { createVolume, deleteVolume } from '../engine/volumes.js';
-import { LIST_QUERY, canSee, idParams, listScope, metadataSchema, nullableString, page, projectParams, requireAdmin, visibleBackup, visibleVolume } from './common.js';
+import { LIST_QUERY, oneAction, canSee, idParams, listScope, metadataSchema, nullableString, page, projectParams, requireAdmin, visibleBackup, visibleVolume } from './common.js';
 import { badRequest, conflict } from './errors.js';
 import type { ApiContext } from './server.js';
 import { volumeDetail, volumeSummary } from './views.js';
@@ -47,20 +47,14 @@ const createBody = {
 
 const listQuery = { type: 'object', additionalProperties: false, properties: { ...LIST_QUERY } } as const;
 
-const actionBody = {
-  type: 'object',
-  minProperties: 1,
-  maxProperties: 1,
-  additionalProperties: false,
-  properties: {
-    'os-reset_status': {
-      type: 'object',
-      required: ['status'],
-      additionalProperties: false,
-      properties: { status: { type: 'string', enum: ['available', 'in-use', 'error', 'error_restoring'] }, attach_status: { type: 'string' }, migration_status: { type: ['string', 'null'] } },
-    },
+const actionBody = oneAction({
+  'os-reset_status': {
+    type: 'object',
+    required: ['status'],
+    additionalProperties: false,
+    properties: { status: { type: 'string', enum: ['available', 'in-use', 'error', 'error_restoring'] }, attach_status: { type: 'string' }, migration_status: { type: ['string', 'null'] } },
   },
-} as const;
+} as const);
 
 const VOLUME_SORT = { id: 'id', name: 'name', display_name: 'name', status: 'status', size: 'size', created_at: 'created_at', updated_at: 'updated_at', availability_zone: 'id', bootable: 'id' };
 
