@@ -14,7 +14,7 @@ import type { Appliance } from '../appliance.js';
 import { startBackup } from '../engine/backup.js';
 import { beginDelete } from '../engine/delete.js';
 import { prepareRestore } from '../engine/restore.js';
-import { backupPayload, makeHandlers } from './handlers.js';
+import { backupPayload, endBackingUp, makeHandlers } from './handlers.js';
 import { LocalJobQueue, type JobQueue } from './queue.js';
 import { recoverJobs } from './recover.js';
 
@@ -80,6 +80,8 @@ export class JobService {
 
   async submitBackup(r: BackupRequest): Promise<{ backup: BackupRecord; job: JobRecord }> {
     const { catalog } = this.app;
+    // a backup that has just committed: its job is ending and the volume about to leave backing-up
+    endBackingUp(this.app, catalog.volume(r.volumeId).id, '');
     const v = catalog.volume(r.volumeId);
     let parentBefore: string | null = null;
     if (r.snapshotId) {
@@ -122,6 +124,7 @@ export class JobService {
     const b = catalog.backups.get(r.backupId);
     if (!b || b.status === 'deleted') throw new NotFoundError('backup', r.backupId);
     if (b.status !== 'available') throw new InvalidRequestError(`Invalid backup: Backup status must be available, but the current status is "${b.status}".`);
+    if (r.volumeId) endBackingUp(this.app, catalog.volume(r.volumeId).id, '');
     const { backup, target } = await prepareRestore(this.app, { backup: b.id, ...(r.volumeId ? { volume: r.volumeId } : { newName: r.name ?? undefined }) });
     try {
       const job = this.queue.submit({ kind: 'restore', backup_id: backup.id, volume_id: target.id, project_id: backup.project_id, user_id: r.userId, params: { new_volume: !r.volumeId } });
