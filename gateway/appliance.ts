@@ -15,6 +15,7 @@ import type { VolumeDriver } from '../drivers/volume/types.js';
 import type { BackupRecord, VolumeRecord } from '../catalog/records.js';
 import os from 'node:os';
 import { EventBus } from './events/bus.js';
+import { JobStore } from '../catalog/jobs.js';
 import { EVENTS_DIR, EventLog } from './events/log.js';
 import { KafkaSink, type KafkaSinkOptions } from './events/kafka.js';
 import { followRepository } from './engine/follow.js';
@@ -121,7 +122,9 @@ export class Appliance {
     };
     try {
       // a backup whose process died before its commit may have left its manifest: it names nothing committed
-      for (const b of settled) if (b.status === 'error') await repo.deleteManifest(b.id);
+      // (not one another node of the cluster ran for this one: its manifest, if any, is committed)
+      const elsewhere = new Set(new JobStore(catalog.env).active().filter((j) => j.params?.cluster).map((j) => j.backup_id));
+      for (const b of settled) if (b.status === 'error' && !elsewhere.has(b.id)) await repo.deleteManifest(b.id);
       // other appliances sharing the repository may have deleted backups and collected garbage
       await followRepository(app);
     } catch (e) {

@@ -66,6 +66,8 @@ export interface KafkaConfig {
   heartbeatMs: number;
   /** ... and is down after this long without one (default 5000 ms) */
   nodeTimeoutMs: number;
+  /** directories every node reaches at the same path (NFS): backups of file volumes there run on any node */
+  sharedPaths: string[];
 }
 
 /** `events` in blockgate.json: bounds of the embedded event log */
@@ -74,7 +76,7 @@ export interface EventsConfig {
   maxBytes: number;
 }
 
-const KAFKA_KEYS = ['brokers', 'eventsTopic', 'jobsTopic', 'nodesTopic', 'maxInFlight', 'heartbeatMs', 'nodeTimeoutMs'];
+const KAFKA_KEYS = ['brokers', 'eventsTopic', 'jobsTopic', 'nodesTopic', 'maxInFlight', 'heartbeatMs', 'nodeTimeoutMs', 'sharedPaths'];
 const TOPIC_RE = /^[A-Za-z0-9._-]{1,249}$/;
 const BROKER_RE = /^[A-Za-z0-9.-]+:\d{1,5}$|^\[[0-9A-Fa-f:.]+\]:\d{1,5}$/;
 
@@ -129,7 +131,12 @@ export function validateEventsAndNodes(raw: Record<string, unknown>, where: stri
     maxInFlight: int(k, 'kafka.maxInFlight', 10_000, 1, 1_000_000),
     heartbeatMs,
     nodeTimeoutMs: int(k, 'kafka.nodeTimeoutMs', 5000, 2 * heartbeatMs, 600_000),
+    sharedPaths: [],
   };
+  if (k.sharedPaths !== undefined) {
+    if (!Array.isArray(k.sharedPaths) || !k.sharedPaths.every((p) => typeof p === 'string' && path.isAbsolute(p) && !p.split('/').includes('..'))) throw new Error(`${where}: kafka.sharedPaths must be a list of absolute directories`);
+    kafka.sharedPaths = k.sharedPaths.map((p) => path.resolve(p as string));
+  }
   return { node, kafka, events };
 }
 

@@ -11,6 +11,7 @@ import type { Daemon } from '../daemon.js';
 import { controlRoutes, instantOf } from '../instant/daemon.js';
 import { BadRequestError } from '../instant/control.js';
 import { JobService } from '../jobs/service.js';
+import { installClusterJobs } from '../nodes/node.js';
 import { validateAuth } from './auth.js';
 import { Heartbeat } from './heartbeat.js';
 import { buildApi, checkApiListen, type ApiOptions } from './server.js';
@@ -68,6 +69,7 @@ export async function startService(d: Daemon, o: ServiceOptions): Promise<{ port
   await checkApiListen(apiOpts);
   const section = apiSection(cfg.api, app.config.dataDir);
   const jobs = new JobService(app, { workers: o.workers, maxQueued: o.maxQueued }, (job, e) => d.log.warn({ event: 'job-failed', job: job.id, kind: job.kind, backup: job.backup_id, error: e.message }, `${job.kind} job ${job.id} failed: ${e.message}`));
+  await installClusterJobs(d, jobs, (job, e) => d.log.warn({ event: 'job-failed', job: job.id, kind: job.kind, backup: job.backup_id, error: e.message }, `${job.kind} job ${job.id} failed: ${e.message}`));
   const recovered = jobs.start();
   if (recovered.resumed.length || recovered.failed.length) d.log.info({ event: 'jobs-recovered', ...recovered }, `jobs of a previous run: ${recovered.resumed.length} resumed, ${recovered.failed.length} ended`);
   const heartbeat = new Heartbeat(app.catalog.env, app.events.node, (section.serviceDownSeconds ?? 60) * 1000);

@@ -29,6 +29,8 @@ export class CatalogFollower {
   private tail?: TopicTail;
   private stopped = false;
   private lastBadLog = 0;
+  /** runs after each sync (the cluster queue settles forwarded jobs from the repository) */
+  afterSync?: () => Promise<unknown>;
   readonly stats: FollowStats = { syncs: 0, adopted: 0, deleted: 0, relayed: 0, ignored: 0 };
 
   constructor(
@@ -109,6 +111,7 @@ export class CatalogFollower {
         }
       });
       this.stats.deleted += gone.length;
+      await this.afterSync?.();
     } catch (e) {
       this.log('warn', { event: 'follow-failed', error: (e as Error).message }, `catalog follow: ${(e as Error).message}`);
     }

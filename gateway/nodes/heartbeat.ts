@@ -80,7 +80,11 @@ export class Heartbeats {
   private lastBadLog = 0;
   ignored = 0;
 
-  constructor(private readonly opts: HeartbeatOptions) {}
+  constructor(private readonly opts: HeartbeatOptions) {
+    this.load = opts.load;
+  }
+  /** what the heartbeat says about this node's jobs */
+  load?: () => { workers: number; running: number };
 
   get timeoutMs(): number {
     return this.opts.kafka?.nodeTimeoutMs ?? 5000;
@@ -104,7 +108,7 @@ export class Heartbeats {
   }
 
   private mine(): Heartbeat {
-    const load = this.opts.load?.();
+    const load = this.load?.();
     return { kind: 'blockgate-heartbeat', node: this.opts.node, host: os.hostname(), pid: process.pid, started_at: this.startedAt, sent: Date.now(), ...(load ?? {}) };
   }
 

@@ -6,6 +6,12 @@
  */
 import type { Appliance } from '../appliance.js';
 import type { Daemon } from '../daemon.js';
+import type { JobRecord } from '../../catalog/jobs.js';
+import { makeHandlers } from '../jobs/handlers.js';
+import type { LocalJobQueue } from '../jobs/queue.js';
+import type { JobService } from '../jobs/service.js';
+import { JobClaims } from './claims.js';
+import { ClusterJobQueue, settleForwarded } from './jobs.js';
 import type { ServiceRecord } from '../api/heartbeat.js';
 import { now } from '../../catalog/records.js';
 import { CatalogFollower } from './follow.js';
@@ -49,9 +55,31 @@ export async function startNode(app: Appliance, log: NodeLog, load?: () => { wor
   };
 }
 
+const nodeOf = new WeakMap<Daemon, ClusterNode>();
+
 /** the daemon as a node: started before it listens, stopped with it */
 export async function installNode(d: Daemon): Promise<ClusterNode> {
-  const node = await startNode(d.app, (level, fields, msg) => d.log[level](fields, msg));
+  const node = await startNode(d.app, (level, fields, msg) => d.log[level](fields, msg), () => ({ workers: 0, running: 0 }));
+  nodeOf.set(d, node);
   d.onStop(() => node.stop());
   return node;
+}
+
+/**
+ * With Kafka configured, the job module's queue becomes the cluster's (jobs.ts): called by the
+ * service between creating the JobService and starting it. Without Kafka it changes nothing.
+ */
+export async function installClusterJobs(d: Daemon, jobs: JobService, onError: (job: JobRecord, e: Error) => void): Promise<void> {
+  const k = d.app.config.kafka;
+  const node = nodeOf.get(d);
+  if (!k || !node) return;
+  const log: NodeLog = (level, fields, msg) => d.log[level](fields, msg);
+  const claims = new JobClaims(d.app.repo.store, node.name, k.nodeTimeoutMs);
+  const q = new ClusterJobQueue(d.app, jobs.store, makeHandlers(d.app, jobs.quotas, jobs.store), jobs.queue.workers, jobs.queue.maxQueued, onError, { brokers: k.brokers, topic: k.jobsTopic, node: node.name, sharedPaths: k.sharedPaths, claims, upNodes: () => node.heartbeats.upNodes(), log });
+  await q.connect();
+  q.onNeedParent = () => node.follower?.sync() ?? Promise.resolve();
+  (jobs as { queue: LocalJobQueue }).queue = q;
+  node.heartbeats.load = () => ({ workers: q.workers, running: q.stats().running });
+  if (node.follower) node.follower.afterSync = () => settleForwarded(d.app, jobs, q, claims);
+  log('info', { event: 'cluster-jobs', topic: k.jobsTopic, workers: q.workers, sharedPaths: k.sharedPaths }, `backups of shared volumes go through ${k.jobsTopic}, run by any node`);
 }

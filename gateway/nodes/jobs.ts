@@ -1,0 +1,361 @@
+/**
+ * The cluster job queue: the job module's queue (gateway/jobs/queue.ts) with backups shared by
+ * the nodes through Kafka. A backup submitted to any node (API or CLI) whose volume every node
+ * reaches (RBD, or a file under `kafka.sharedPaths`) is recorded there as usual (`creating`, the
+ * quota, the job `queued`), then produced to the jobs topic (key = backup id) with the backup
+ * and volume records. Every node consumes the topic as one consumer group, taking a message only
+ * while it has a free runner (`workers`), and commits it once the job has ended.
+ *
+ * Before running, the taker claims the job in the repository (claims.ts): a job whose outcome
+ * is recorded, or that a live node holds, is skipped with a log line (a duplicate, a stale job
+ * of a backup cancelled or deleted since, a redelivery) — so no job runs twice. A job whose
+ * claim belongs to a node that stopped heartbeating (killed mid-job) is ended `error` with a
+ * fail_reason naming the lost node. Garbage on the topic is logged and skipped.
+ *
+ * The node that takes a job made elsewhere copies the volume and backup records into its
+ * catalog and runs it with the same handlers (events, progress). The submitting node learns
+ * the outcome from the repository — the manifest, or the recorded outcome — on the other
+ * node's backup.* event or its next follow (follow.ts), and settles its record, job, quota and
+ * volume. Restores and deletes, and backups of volumes only this node reaches, run here.
+ */
+import type { KafkaConsumer, Message, Producer } from 'node-rdkafka';
+import { ownerHere } from '../../catalog/catalog.js';
+import { type JobRecord, JobStore } from '../../catalog/jobs.js';
+import { decodeManifest } from '../../catalog/manifest.js';
+import { type BackupRecord, type VolumeRecord, now } from '../../catalog/records.js';
+import type { Appliance } from '../appliance.js';
+import { type Adoption, adoptedRecord, chunkEntries, commitAdoption, fetchPages, manifestChunks } from '../engine/adopt.js';
+import { baseConfig, rdkafka } from '../events/kafka-client.js';
+import { safeDisconnect } from '../events/kafka.js';
+import { backupPayload, endBackingUp } from '../jobs/handlers.js';
+import { type JobHandlers, type JobSpec, LocalJobQueue } from '../jobs/queue.js';
+import type { JobService } from '../jobs/service.js';
+import type { JobClaims, Outcome } from './claims.js';
+
+export interface ClusterJobMessage {
+  kind: 'blockgate-job';
+  origin: string;
+  job: JobRecord;
+  backup: BackupRecord;
+  volume: VolumeRecord;
+  sent_at: string;
+}
+
+const MAX_MESSAGE = 256 * 1024;
+
+/** a jobs-topic message, checked; null for anything else */
+export function parseJobMessage(value: Buffer | null | undefined): ClusterJobMessage | null {
+  if (!value || value.length > MAX_MESSAGE) return null;
+  let m: ClusterJobMessage;
+  try {
+    m = JSON.parse(value.toString()) as ClusterJobMessage;
+  } catch {
+    return null;
+  }
+  const uuid = /^[0-9a-f-]{36}$/;
+  if (m?.kind !== 'blockgate-job' || typeof m.origin !== 'string' || !m.job || !m.backup || !m.volume) return null;
+  if (m.job.kind !== 'backup' || !uuid.test(m.job.id) || !uuid.test(m.backup.id) || m.job.backup_id !== m.backup.id || m.backup.volume_id !== m.volume.id) return null;
+  if (m.volume.driver !== 'file' && m.volume.driver !== 'rbd') return null;
+  if (typeof m.volume.path !== 'string' || typeof m.volume.name !== 'string') return null;
+  return m;
+}
+
+export interface ClusterQueueOptions {
+  brokers: string;
+  topic: string;
+  node: string;
+  sharedPaths: string[];
+  claims: JobClaims;
+  /** the nodes that are up now (heartbeats) */
+  upNodes: () => Set<string>;
+  log: (level: 'info' | 'warn', fields: Record<string, unknown>, msg: string) => void;
+}
+
+export class ClusterJobQueue extends LocalJobQueue {
+  private producer?: Producer;
+  private consumer?: KafkaConsumer;
+  private taken = 0;
+  private closed = false;
+  private pulling = false;
+  /** per partition: offsets taken, and which of them are finished */
+  private readonly inPartition = new Map<number, { offsets: number[]; done: Set<number> }>();
+  skipped = 0;
+  ran = 0;
+
+  constructor(
+    readonly app: Appliance,
+    store: JobStore,
+    handlers: JobHandlers,
+    workers: number,
+    maxQueued: number,
+    onError: (job: JobRecord, e: Error) => void,
+    private readonly o: ClusterQueueOptions,
+  ) {
+    super(store, handlers, workers, maxQueued, onError);
+  }
+
+  /** the volume can be read from any node */
+  shareable(v: VolumeRecord): boolean {
+    if (v.driver === 'rbd') return true;
+    return this.o.sharedPaths.some((p) => v.path === p || v.path.startsWith(p.endsWith('/') ? p : `${p}/`));
+  }
+
+  async connect(): Promise<void> {
+    const Kafka = await rdkafka();
+    const p = new Kafka.Producer({ ...baseConfig(this.o.brokers, `blockgate-${this.o.node}-jobs`), dr_cb: true, 'message.timeout.ms': 30_000, 'enable.idempotence': false, 'max.in.flight.requests.per.connection': 1 } as never);
+    p.setPollInterval(50);
+    await new Promise<void>((resolve, reject) => p.connect({ timeout: 10_000 }, (err) => (err ? reject(new Error(`kafka ${this.o.brokers}: ${err.message}`)) : resolve())));
+    this.producer = p;
+    const c = new Kafka.KafkaConsumer(
+      { ...baseConfig(this.o.brokers, `blockgate-${this.o.node}-jobs`), 'group.id': `${this.o.topic}.workers`, 'enable.auto.commit': false, 'session.timeout.ms': 4000, 'heartbeat.interval.ms': 1000, 'allow.auto.create.topics': true, 'max.poll.interval.ms': 3_600_000 } as never,
+      { 'auto.offset.reset': 'earliest' },
+    );
+    c.on('rebalance', (err, assignment) => {
+      // a partition taken away: what we run from it is committed by nobody; its claims protect it
+      if (err && (err as { code?: number }).code === -174) for (const a of assignment) this.inPartition.delete(a.partition);
+    });
+    await new Promise<void>((resolve, reject) => c.connect({ timeout: 10_000 }, (err) => (err ? reject(new Error(`kafka ${this.o.brokers}: ${err.message}`)) : resolve())));
+    c.subscribe([this.o.topic]);
+    this.consumer = c;
+    this.pullLoop();
+  }
+
+  override submit(spec: JobSpec): JobRecord {
+    const v = spec.kind === 'backup' && spec.volume_id ? this.app.catalog.volumes.get(spec.volume_id) : undefined;
+    if (!v || !this.producer || !this.shareable(v)) return super.submit(spec);
+    const b = this.app.catalog.backups.get(spec.backup_id)!;
+    const job = this.submitHeld({ ...spec, params: { ...(spec.params ?? {}), cluster: true } });
+    const msg: ClusterJobMessage = { kind: 'blockgate-job', origin: this.o.node, job, backup: b, volume: v, sent_at: now() };
+    this.producer.produce(this.o.topic, null, Buffer.from(JSON.stringify(msg)), b.id, Date.now());
+    return job;
+  }
+
+  /** a forwarded job left by an earlier run of this node stays forwarded: the cluster runs it */
+  override requeue(job: JobRecord): void {
+    if (job.params?.cluster) {
+      this.store.update(job.id, () => ({ status: 'queued', owner: ownerHere(), resumes: job.resumes + 1 }));
+      return;
+    }
+    super.requeue(job);
+  }
+
+  override async cancel(id: string, reason: string, resetTo: string | null = null): Promise<'dequeued' | 'signalled' | 'none'> {
+    const j = this.store.get(id);
+    if (j?.params?.cluster && j.status === 'queued' && !this.isLocal(id)) {
+      // not started anywhere yet (or running elsewhere): recording the outcome makes every node skip it
+      const c = await this.o.claims.claim(j.id, 1);
+      if (!c.won && 'busy' in c) return 'none';
+      await this.o.claims.finish(j.id, { status: 'cancelled', fail_reason: reason }, c.won ? [c.claim] : []);
+      await this.handlers1().backup.dropped?.({ ...j, cancel: { reason, reset_to: resetTo } }, reason);
+      this.end(id, 'cancelled', reason);
+      return 'dequeued';
+    }
+    return super.cancel(id, reason, resetTo);
+  }
+
+  // --------------------------------------------------------------- taking jobs from the topic
+
+  private pullLoop(): void {
+    if (this.pulling || this.closed || !this.consumer) return;
+    if (this.taken >= this.workers) return;
+    this.pulling = true;
+    this.consumer.consume(1, (err, msgs) => {
+      this.pulling = false;
+      if (this.closed) return;
+      if (err) {
+        setTimeout(() => this.pullLoop(), 500).unref();
+        return;
+      }
+      for (const m of msgs) void this.take(m);
+      if (!msgs.length) setTimeout(() => this.pullLoop(), 100).unref();
+      else this.pullLoop();
+    });
+  }
+
+  private track(m: Message): void {
+    const p = this.inPartition.get(m.partition) ?? { offsets: [], done: new Set<number>() };
+    p.offsets.push(m.offset);
+    this.inPartition.set(m.partition, p);
+  }
+
+  /** commits the finished prefix of a partition */
+  private settle(m: Message): void {
+    const p = this.inPartition.get(m.partition);
+    if (!p) return;
+    p.done.add(m.offset);
+    let last = -1;
+    while (p.offsets.length && p.done.has(p.offsets[0]!)) {
+      last = p.offsets.shift()!;
+      p.done.delete(last);
+    }
+    if (last >= 0) {
+      try {
+        this.consumer?.commit({ topic: m.topic, partition: m.partition, offset: last + 1 });
+      } catch (e) {
+        this.o.log('warn', { event: 'job-commit-failed', error: (e as Error).message }, `jobs topic: commit failed: ${(e as Error).message}`);
+      }
+    }
+  }
+
+  private skip(m: Message, why: string, fields: Record<string, unknown> = {}): void {
+    this.skipped++;
+    this.o.log('info', { event: 'job-skipped', partition: m.partition, offset: m.offset, reason: why, ...fields }, `jobs topic: skipped a message: ${why}`);
+  }
+
+  private async take(m: Message): Promise<void> {
+    this.track(m);
+    this.taken++;
+    try {
+      const msg = parseJobMessage(m.value);
+      if (!msg) return this.skip(m, 'not a blockgate backup job');
+      const { job } = msg;
+      const c = await this.o.claims.claim(job.id);
+      if (!c.won) {
+        if ('done' in c) return this.skip(m, `job ${job.id} already ended (${c.done.status} on ${c.done.node})`, { job: job.id });
+        if ('busy' in c) return this.skip(m, `job ${job.id} is held by node ${c.busy.node}`, { job: job.id });
+        const lost = [...new Set(c.lost.map((x) => x.node))].join(', ');
+        const reason = `node ${lost} was lost while it ran this backup`;
+        await this.o.claims.finish(job.id, { status: 'error', fail_reason: `node ${lost} was lost while it ran this backup` }, c.lost);
+        this.o.log('warn', { event: 'job-lost-node', job: job.id, backup: job.backup_id, node: lost }, reason);
+        this.app.events.emit('backup.create.error', job.backup_id, backupPayload({ ...msg.backup, status: 'error', fail_reason: `node ${lost} was lost while it ran this backup` }));
+        return;
+      }
+      if (await this.app.repo.store.has(`manifests/${job.backup_id}.json`)) {
+        await this.o.claims.finish(job.id, { status: 'done', fail_reason: null }, [c.claim]);
+        return this.skip(m, `backup ${job.backup_id} is committed already`, { job: job.id });
+      }
+      const renew = setInterval(() => void this.o.claims.renew(job.id, c.claim).catch(() => undefined), 1000);
+      renew.unref();
+      let out: JobRecord;
+      try {
+        out = await this.runHere(msg);
+      } finally {
+        clearInterval(renew);
+      }
+      this.ran++;
+      const b = this.app.catalog.backups.get(job.backup_id);
+      await this.o.claims.finish(job.id, { status: out.status === 'done' ? 'done' : out.status === 'cancelled' ? 'cancelled' : 'error', fail_reason: b?.fail_reason ?? out.error ?? null }, [c.claim]);
+    } catch (e) {
+      this.o.log('warn', { event: 'job-take-failed', partition: m.partition, offset: m.offset, error: (e as Error).message }, `jobs topic: ${(e as Error).message}`);
+    } finally {
+      this.taken--;
+      this.settle(m);
+      this.pullLoop();
+    }
+  }
+
+  /** runs a cluster job on this node: its own (still recorded here), or one made elsewhere (copied in) */
+  private async runHere(msg: ClusterJobMessage): Promise<JobRecord> {
+    const { catalog } = this.app;
+    const { job, backup, volume } = msg;
+    if (msg.origin !== this.o.node || !this.store.get(job.id)) {
+      await catalog.env.transaction(() => {
+        if (!catalog.volumes.get(volume.id)) {
+          const name = catalog.volumeNames.get(volume.name) !== undefined ? `${volume.name}-${volume.id.slice(0, 8)}` : volume.name;
+          catalog.volumes.put(volume.id, { ...volume, name, status: 'available', previous_status: null } as VolumeRecord);
+          catalog.volumeNames.put(name, volume.id);
+        }
+        catalog.backups.put(backup.id, { ...backup, status: 'creating', owner: ownerHere(), updated_at: now(), notes: [...backup.notes, `run on node ${this.o.node} for node ${msg.origin}`] });
+      });
+      catalog.registerWriter(backup.id);
+      this.store.put({ ...job, status: 'queued', owner: ownerHere(), reservation: null, params: { ...job.params, cluster: true, origin: msg.origin } });
+    }
+    const parent = backup.parent_id;
+    if (parent && !catalog.maps.get(parent)) await this.onNeedParent?.();
+    super.requeue(this.store.get(job.id)!);
+    return this.wait(job.id);
+  }
+
+  /** set by the node: bring the catalog up to the repository (an incremental's parent) */
+  onNeedParent?: () => Promise<void>;
+
+  private handlers1(): JobHandlers {
+    return (this as unknown as { handlers: JobHandlers }).handlers;
+  }
+
+  private isLocal(id: string): boolean {
+    return (this as unknown as { running: Map<string, unknown> }).running.has(id);
+  }
+
+  /** ends a job record of this node (and wakes its waiters) */
+  end(id: string, status: 'done' | 'error' | 'cancelled', error: string | null): void {
+    (this as unknown as { finish(id: string, s: string, e: string | null): void }).finish(id, status, error);
+  }
+
+  /** submit without dispatching here: the record is queued, the cluster runs it */
+  private submitHeld(spec: JobSpec): JobRecord {
+    const wasStarted = (this as unknown as { started: boolean }).started;
+    (this as unknown as { started: boolean }).started = false;
+    try {
+      const job = super.submit(spec);
+      const pending = (this as unknown as { pending: string[] }).pending;
+      pending.splice(pending.indexOf(job.id), 1);
+      return job;
+    } finally {
+      (this as unknown as { started: boolean }).started = wasStarted;
+    }
+  }
+
+  override stats(): { running: number; queued: number } {
+    const s = super.stats();
+    return { running: s.running, queued: s.queued + this.store.active().filter((j) => j.params?.cluster && j.status === 'queued').length };
+  }
+
+  override async stop(): Promise<void> {
+    this.closed = true;
+    await super.stop();
+    const c = this.consumer;
+    const p = this.producer;
+    this.consumer = undefined;
+    this.producer = undefined;
+    if (c) await safeDisconnect(c);
+    if (p) await safeDisconnect(p, 2000);
+  }
+}
+
+/**
+ * The submitting node settles a forwarded job from the repository: the backup committed
+ * elsewhere (its manifest) becomes `available` here with its map; an outcome without a
+ * manifest ends it `error` (or cancelled) with the outcome's fail_reason. Job, quota and the
+ * volume's `backing-up` are settled as the handlers do. Returns the jobs settled.
+ */
+export async function settleForwarded(app: Appliance, jobs: JobService, q: ClusterJobQueue, claims: JobClaims): Promise<number> {
+  const { catalog } = app;
+  let n = 0;
+  for (const job of jobs.store.active()) {
+    if (!job.params?.cluster || job.params.origin || job.kind !== 'backup') continue;
+    if ((q as unknown as { running: Map<string, unknown> }).running.has(job.id)) continue; // running here
+    const b = catalog.backups.get(job.backup_id);
+    let manifest: Buffer | undefined;
+    try {
+      manifest = await app.repo.getManifest(job.backup_id);
+    } catch {
+      /* not committed (yet) */
+    }
+    const outcome: Outcome | null = manifest ? null : await claims.outcome(job.id);
+    if (!manifest && !outcome) continue;
+    if (manifest && b && b.status !== 'available') {
+      const { manifest: m, root } = decodeManifest(manifest, job.backup_id);
+      const pages = await fetchPages(app, [m]);
+      const page = (d: string) => pages.get(d) ?? catalog.pages.get(d)!;
+      const chunks = await chunkEntries(app, manifestChunks(m, page));
+      const vol = catalog.volumes.get(m.volume.id) ?? catalog.volumes.get(b.volume_id)!;
+      const rec = adoptedRecord(m, vol, 'committed by another node of the cluster');
+      const a: Adoption = { records: [rec], roots: new Map([[rec.id, root]]), volumes: new Map(), pages, chunks };
+      await commitAdoption(app, a);
+      catalog.unregisterWriter(b.id);
+      q.end(job.id, 'done', null);
+    } else if (!manifest && outcome && b && b.status === 'creating') {
+      catalog.transition(b.id, ['creating'], 'error', { owner: null, fail_reason: outcome.fail_reason ?? `ended ${outcome.status} on node ${outcome.node}` });
+      catalog.unregisterWriter(b.id);
+      q.end(job.id, outcome.status === 'cancelled' ? 'cancelled' : 'error', outcome.fail_reason);
+    } else {
+      q.end(job.id, manifest ? 'done' : 'error', outcome?.fail_reason ?? null);
+    }
+    jobs.quotas.end(job.reservation);
+    endBackingUp(app, job.volume_id ?? '', job.backup_id);
+    n++;
+  }
+  return n;
+}
+
