@@ -40,10 +40,10 @@ export async function openStore(cfg: RepoDriverConfig): Promise<ObjectStore> {
   return f(cfg);
 }
 
-export type VolumeDriverFactory = (v: VolumeRecord) => VolumeDriver;
+export type VolumeDriverFactory = (v: VolumeRecord, config: ApplianceConfig) => VolumeDriver;
 const volumeFactories: Record<string, VolumeDriverFactory> = {
   file: (v) => new FileVolume(v.path),
-  rbd: (v) => new RbdVolume(v.path, { conf: v.ceph_conf, user: v.ceph_user }),
+  rbd: (v, config) => new RbdVolume(v.path, { conf: v.ceph_conf, user: v.ceph_user ?? config.cephUser }),
 };
 export function registerVolumeDriver(name: string, f: VolumeDriverFactory): void {
   volumeFactories[name] = f;
@@ -142,7 +142,7 @@ export class Appliance {
   volumeDriver(v: VolumeRecord): VolumeDriver {
     const f = volumeFactories[v.driver];
     if (!f) throw new Error(`volume ${v.name} uses driver "${v.driver}", which this appliance does not have`);
-    return f(v);
+    return f(v, this.config);
   }
 
   get volumesDir(): string {
