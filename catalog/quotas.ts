@@ -74,10 +74,11 @@ export class QuotaStore {
     return [...this.db.getRange({ start: 'res:', end: 'res;' })].map((e) => e.value as Reservation);
   }
 
-  usage(project: string): Record<QuotaKey, UsageLine> {
+  /** `reserving`: a backup already recorded whose reservation is being taken (not counted as in use) */
+  usage(project: string, reserving: string | null = null): Record<QuotaKey, UsageLine> {
     const limits = this.limits(project);
     const res = this.reservations().filter((r) => r.project === project);
-    const covered = new Set(res.map((r) => r.backup_id).filter(Boolean));
+    const covered = new Set([...res.map((r) => r.backup_id), reserving].filter(Boolean));
     let count = 0;
     let gb = 0;
     for (const b of this.backups()) {
@@ -96,7 +97,7 @@ export class QuotaStore {
   reserve(project: string, gigabytes: number, backupId: string | null = null): Reservation {
     let out!: Reservation;
     this.env.transactionSync(() => {
-      const u = this.usage(project);
+      const u = this.usage(project, backupId);
       const b = u.backups;
       if (b.limit >= 0 && b.in_use + b.reserved + 1 > b.limit) throw new QuotaExceededError(`Maximum number of backups allowed (${b.limit}) exceeded`);
       const g = u.backup_gigabytes;

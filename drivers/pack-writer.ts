@@ -47,7 +47,8 @@ export class PackWriter {
     this.open.add(kind, digest, object, plain, codec);
     if (this.open.size >= this.packSize) {
       while (this.puts.size >= MAX_PUTS) await Promise.race(this.puts);
-      this.flush();
+      // another add may have flushed it while this one waited
+      if (this.open && this.open.size >= this.packSize) this.flush();
     }
   }
 

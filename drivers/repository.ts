@@ -49,6 +49,8 @@ export interface BlobLocation {
   pack: string;
   offset: number;
   length: number;
+  /** plaintext length (chunks) */
+  plain?: number;
 }
 /** finds a chunk's or page's pack location; null: a loose object */
 export type BlobLocator = (kind: ObjectKind, digest: string) => BlobLocation | null | undefined;
@@ -224,7 +226,7 @@ export class Repository {
   }
 
   /** a blob's pack location; null for a loose object */
-  private locate(kind: ObjectKind, digest: string): BlobLocation | null {
+  locate(kind: ObjectKind, digest: string): BlobLocation | null {
     return this.locator?.(kind, digest) ?? null;
   }
 
@@ -282,6 +284,10 @@ export class Repository {
   }
   deletePack(id: string): Promise<void> {
     return this.store.delete(packObjectName(id));
+  }
+  /** the local file of a pack, when the store has files */
+  packFile(id: string): string | undefined {
+    return this.store.localPath?.(packObjectName(id));
   }
   /** reads `length` bytes of a pack from `offset` */
   readPack(id: string, offset: number, length: number): Promise<Buffer> {

@@ -40,10 +40,10 @@ export async function openStore(cfg: RepoDriverConfig): Promise<ObjectStore> {
   return f(cfg);
 }
 
-export type VolumeDriverFactory = (v: VolumeRecord) => VolumeDriver;
+export type VolumeDriverFactory = (v: VolumeRecord, config: ApplianceConfig) => VolumeDriver;
 const volumeFactories: Record<string, VolumeDriverFactory> = {
   file: (v) => new FileVolume(v.path),
-  rbd: (v) => new RbdVolume(v.path, { conf: v.ceph_conf, user: v.ceph_user }),
+  rbd: (v, config) => new RbdVolume(v.path, { conf: v.ceph_conf, user: v.ceph_user ?? config.cephUser }),
 };
 export function registerVolumeDriver(name: string, f: VolumeDriverFactory): void {
   volumeFactories[name] = f;
@@ -114,8 +114,12 @@ export class Appliance {
     }
     const app = new Appliance(config, catalog, repo);
     repo.locator = (kind, d) => {
-      const c = kind === 'chunks' ? catalog.chunks.get(d) : catalog.pageLocs.get(d);
-      return c?.p ? { pack: c.p, offset: c.o ?? 0, length: c.s } : null;
+      if (kind === 'pages') {
+        const l = catalog.pageLocs.get(d);
+        return l ? { pack: l.p, offset: l.o, length: l.s } : null;
+      }
+      const c = catalog.chunks.get(d);
+      return c?.p ? { pack: c.p, offset: c.o ?? 0, length: c.s, plain: c.n } : null;
     };
     repo.relocator = async () => {
       await followPacks(app);
@@ -142,7 +146,7 @@ export class Appliance {
   volumeDriver(v: VolumeRecord): VolumeDriver {
     const f = volumeFactories[v.driver];
     if (!f) throw new Error(`volume ${v.name} uses driver "${v.driver}", which this appliance does not have`);
-    return f(v);
+    return f(v, this.config);
   }
 
   get volumesDir(): string {

@@ -6,8 +6,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { DEFAULT_CHUNK } from '../drivers/chunk.js';
-import type { CodecName } from '../drivers/codec.js';
+import { DEFAULT_CHUNK, checkChunkSize } from '../drivers/chunk.js';
+import { type CodecName, parseCodec } from '../drivers/codec.js';
 import type { S3StoreOptions } from '../drivers/store/s3.js';
 import { type NbdAccessRule, validateRule } from './exports/access.js';
 import { checkName } from './names.js';
@@ -48,6 +48,115 @@ export interface ApplianceConfig {
   kafka?: KafkaConfig;
   /** the embedded event log */
   events: EventsConfig;
+  /** instant-restore sessions: how they copy and commit */
+  instant: InstantConfig;
+  /** pino level of the daemon's log (BLOCKGATE_LOG_LEVEL) */
+  logLevel: LogLevel;
+  /** ceph user for RBD volumes registered without one (BLOCKGATE_CEPH_USER) */
+  cephUser?: string;
+}
+
+/** `"instant": { "concurrency": 6, "rate": 0, "syncIntervalMs": 1000, "syncBlocks": 256 }` in blockgate.json */
+export interface InstantConfig {
+  /** parallel block copies per session (default: pipelineDepth) */
+  concurrency: number;
+  /** bytes/s per session, 0 = unlimited */
+  rate: number;
+  /** commit copied blocks at least this often */
+  syncIntervalMs: number;
+  /** ...or every this many blocks */
+  syncBlocks: number;
+}
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** a whole number in [min, max], or a size ("64M") where `size`; `where` names the key in errors */
+function wholeNumber(v: unknown, key: string, min: number, max: number, size = false): number {
+  if (size && typeof v === 'string') {
+    try {
+      v = parseSize(v);
+    } catch (e) {
+      throw new Error(`${key}: ${(e as Error).message}`);
+    }
+  }
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new Error(`${key} must be a whole number from ${min} to ${max}${size ? ' (or a size such as "64M")' : ''}, not ${JSON.stringify(v)}`);
+  return v;
+}
+
+/**
+ * The top-level keys of blockgate.json and the instant section, checked over their defaults;
+ * errors name the file and the key. Sections with their own validators (nbd, kafka, events,
+ * node) and those other modules own are passed through.
+ */
+function validateCore(raw: Record<string, unknown>, base: ApplianceConfig, where: string): Partial<ApplianceConfig> {
+  const out: Partial<ApplianceConfig> = {};
+  const at = (k: string) => `${where}: ${k}`;
+  try {
+    if (raw.chunkSize !== undefined) out.chunkSize = checkChunkSize(wholeNumber(raw.chunkSize, 'chunkSize', 1, 2 ** 31, true));
+    if (raw.codec !== undefined) out.codec = parseCodec(String(raw.codec));
+    if (raw.cacheBytes !== undefined) out.cacheBytes = wholeNumber(raw.cacheBytes, 'cacheBytes', 0, 2 ** 44, true);
+    if (raw.pipelineDepth !== undefined) out.pipelineDepth = wholeNumber(raw.pipelineDepth, 'pipelineDepth', 1, 1024);
+    if (raw.workers !== undefined) out.workers = wholeNumber(raw.workers, 'workers', 1, 256);
+    if (raw.logLevel !== undefined) out.logLevel = logLevel(raw.logLevel, 'logLevel');
+  } catch (e) {
+    throw new Error(`${where}: ${(e as Error).message}`);
+  }
+  if (raw.repository !== undefined) {
+    const r = raw.repository as Record<string, unknown>;
+    if (!r || typeof r !== 'object' || Array.isArray(r)) throw new Error(`${at('repository')} must be an object {"driver": "dir"|"s3", ...}`);
+    if (r.driver === 'dir') {
+      if (typeof r.path !== 'string' || r.path === '' || r.path.includes('\0')) throw new Error(`${at('repository.path')} must be a directory name`);
+    } else if (r.driver === 's3') {
+      if (typeof r.bucket !== 'string') throw new Error(`${at('repository.bucket')} must be a bucket name`);
+    } else throw new Error(`${at('repository.driver')} must be "dir" or "s3", not ${JSON.stringify(r.driver)}`);
+  }
+  const i = raw.instant;
+  if (i !== undefined) {
+    if (!i || typeof i !== 'object' || Array.isArray(i)) throw new Error(`${at('instant')} must be an object`);
+    const known = ['concurrency', 'rate', 'syncIntervalMs', 'syncBlocks'];
+    const r = i as Record<string, unknown>;
+    for (const k of Object.keys(r)) if (!known.includes(k)) throw new Error(`${where}: unknown key instant.${k} (known: ${known.join(', ')})`);
+    try {
+      out.instant = {
+        concurrency: r.concurrency === undefined ? base.instant.concurrency : wholeNumber(r.concurrency, 'instant.concurrency', 1, 1024),
+        rate: r.rate === undefined ? base.instant.rate : wholeNumber(r.rate, 'instant.rate', 0, 2 ** 44, true),
+        syncIntervalMs: r.syncIntervalMs === undefined ? base.instant.syncIntervalMs : wholeNumber(r.syncIntervalMs, 'instant.syncIntervalMs', 10, 3_600_000),
+        syncBlocks: r.syncBlocks === undefined ? base.instant.syncBlocks : wholeNumber(r.syncBlocks, 'instant.syncBlocks', 1, 1 << 24),
+      };
+    } catch (e) {
+      throw new Error(`${where}: ${(e as Error).message}`);
+    }
+  }
+  return out;
+}
+
+function logLevel(v: unknown, key: string): LogLevel {
+  if (typeof v === 'string' && (LOG_LEVELS as readonly string[]).includes(v)) return v as LogLevel;
+  throw new Error(`${key} must be one of ${LOG_LEVELS.join(', ')}, not ${JSON.stringify(v)}`);
+}
+
+/**
+ * The environment variables the appliance reads, all of them here, each checked:
+ * BLOCKGATE_CACHE_BYTES (a size), BLOCKGATE_NBD_PORT, BLOCKGATE_LOG_LEVEL, BLOCKGATE_CEPH_USER.
+ * (BLOCKGATE_DATA_DIR is read by defaultDataDir; BLOCKGATE_PASSPHRASE by gateway/repo-secrets.ts,
+ * which keeps the secret out of the config object; the AWS_* variables by the S3 SDK's
+ * standard credential chain in drivers/store/s3.ts.)
+ */
+function fromEnvironment(env: NodeJS.ProcessEnv, cfg: ApplianceConfig): void {
+  const v = (k: string) => (env[k] === undefined || env[k] === '' ? undefined : env[k]);
+  try {
+    const cache = v('BLOCKGATE_CACHE_BYTES');
+    if (cache !== undefined) cfg.cacheBytes = wholeNumber(/^\d+$/.test(cache) ? Number(cache) : cache, 'BLOCKGATE_CACHE_BYTES', 0, 2 ** 44, true);
+    const port = v('BLOCKGATE_NBD_PORT');
+    if (port !== undefined) cfg.nbd = { ...cfg.nbd, port: wholeNumber(/^\d+$/.test(port) ? Number(port) : port, 'BLOCKGATE_NBD_PORT', 0, 65535) };
+    const level = v('BLOCKGATE_LOG_LEVEL');
+    if (level !== undefined) cfg.logLevel = logLevel(level, 'BLOCKGATE_LOG_LEVEL');
+    const user = v('BLOCKGATE_CEPH_USER');
+    if (user !== undefined) cfg.cephUser = user;
+  } catch (e) {
+    throw new Error(`environment: ${(e as Error).message}`);
+  }
 }
 
 /** `kafka` in blockgate.json */
@@ -232,6 +341,8 @@ export function loadConfig(dataDir = defaultDataDir()): ApplianceConfig {
     cacheBytes: 128 * 1024 * 1024,
     pipelineDepth: 6,
     events: { maxBytes: 64 * 1024 * 1024 },
+    instant: { concurrency: 6, rate: 0, syncIntervalMs: 1000, syncBlocks: 256 },
+    logLevel: 'info',
     nbd: {
       host: '127.0.0.1',
       port: 10809,
@@ -252,10 +363,12 @@ export function loadConfig(dataDir = defaultDataDir()): ApplianceConfig {
       throw new Error(`cannot read ${file}: ${(e as Error).message}`);
     }
   }
-  const cfg: ApplianceConfig = { ...base, ...fromFile, dataDir, nbd: validateNbd(fromFile.nbd, base.nbd, dataDir, file), ...validateEventsAndNodes(fromFile as Record<string, unknown>, file) };
-  const env = process.env;
-  if (env.BLOCKGATE_CACHE_BYTES) cfg.cacheBytes = Number(env.BLOCKGATE_CACHE_BYTES);
-  if (env.BLOCKGATE_NBD_PORT) cfg.nbd.port = Number(env.BLOCKGATE_NBD_PORT);
+  if (!fromFile || typeof fromFile !== 'object' || Array.isArray(fromFile)) throw new Error(`${file} must hold a JSON object`);
+  const raw = fromFile as Record<string, unknown>;
+  // instant.concurrency follows pipelineDepth unless set
+  if (typeof raw.pipelineDepth === 'number') base.instant.concurrency = Math.max(1, Math.floor(raw.pipelineDepth));
+  const cfg: ApplianceConfig = { ...base, ...fromFile, dataDir, ...validateCore(raw, base, file), nbd: validateNbd(fromFile.nbd, base.nbd, dataDir, file), ...validateEventsAndNodes(raw, file) };
+  fromEnvironment(process.env, cfg);
   if (cfg.repository.driver === 'dir' && !path.isAbsolute(cfg.repository.path)) {
     cfg.repository = { ...cfg.repository, path: path.resolve(dataDir, cfg.repository.path) };
   }

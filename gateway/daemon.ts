@@ -41,8 +41,8 @@ export async function isLoopbackHost(host: string): Promise<boolean> {
   }
 }
 
-export function makeLogger(): Logger {
-  return pino({ base: undefined, level: process.env.BLOCKGATE_LOG_LEVEL ?? 'info' }, pino.destination(2));
+export function makeLogger(level: string = 'info'): Logger {
+  return pino({ base: undefined, level }, pino.destination(2));
 }
 
 export class Daemon {

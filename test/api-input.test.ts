@@ -9,7 +9,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { cliJson, tmpDir, treeState } from './helpers/core.js';
-import { type ApiDaemon, http, startApi, waitBackup } from './helpers/api.js';
+import { type ApiDaemon, http, startApi, until, waitBackup, waitVolume } from './helpers/api.js';
+import type { JobRecord } from '../catalog/jobs.js';
+import { controlRequest } from '../gateway/instant/control.js';
+import { Appliance } from '../gateway/appliance.js';
+import { loadConfig } from '../gateway/config.js';
+import { Heartbeat } from '../gateway/api/heartbeat.js';
 
 const MiB = 1024 * 1024;
 
@@ -36,6 +41,9 @@ test('bad input is refused with Cinder status and body, and changes nothing', as
   t.is(made.status, 202);
   const b1 = (made.json as { backup: { id: string } }).backup.id;
   t.is(await waitBackup(d, b1), 'available');
+  // the job ends after the commit: the volume leaves backing-up then
+  t.is(await waitVolume(d, src.id, ['available']), 'available');
+  await until('the job to end', async () => ((await controlRequest<JobRecord[]>(data, 'GET', '/jobs')).every((j) => j.status === 'done') ? true : undefined));
   const before = await state(d);
 
   const expect = async (what: string, r: Promise<{ status: number; json: unknown }>, status: number, fault: string, message: RegExp) => {
@@ -99,4 +107,37 @@ test('bad input is refused with Cinder status and body, and changes nothing', as
   t.is(hv.headers.get('openstack-api-version'), 'volume 3.43');
   const shown = ((await hv.json()) as { backup: Record<string, unknown> }).backup;
   t.true('metadata' in shown && !('user_id' in shown), 'fields follow the microversion');
+
+  // pages: limit, next links with an absolute href, with_count
+  const b2 = ((await http(d, 'POST', '/v3/backups', { backup: { volume_id: fresh.id, name: 'b2' } })).json as { backup: { id: string } }).backup.id;
+  t.is(await waitBackup(d, b2), 'available');
+  const p1 = (await http(d, 'GET', '/v3/backups/detail?limit=1&with_count=True&sort=name:asc')).json as { backups: { name: string }[]; backups_links: { rel: string; href: string }[]; count: number };
+  t.deepEqual(p1.backups.map((b) => b.name), ['b1']);
+  t.is(p1.count, 2);
+  t.is(p1.backups_links[0]!.rel, 'next');
+  t.true(p1.backups_links[0]!.href.startsWith(`${d.url}/v3/backups/detail?`));
+  const p2 = (await http(d, 'GET', p1.backups_links[0]!.href.slice(d.url.length))).json as { backups: { name: string }[]; backups_links?: unknown };
+  t.deepEqual(p2.backups.map((b) => b.name), ['b2']);
+  t.is(p2.backups_links, undefined, 'no next link on the last page');
+  // a volume from a backup (what backup-restore --volume-type sends at 3.47+)
+  const fromBackup = await http(d, 'POST', '/v3/volumes', { volume: { size: 1, name: 'vt', backup_id: b1 } });
+  t.is(fromBackup.status, 202);
+  const vt = (fromBackup.json as { volume: { id: string; name: string } }).volume;
+  t.is(vt.name, 'vt');
+  t.is(await waitVolume(d, vt.id, ['available']), 'available');
+  t.true(fs.readFileSync(path.join(data, 'volumes', 'vt.img')).equals(fs.readFileSync(img)));
+});
+
+test('service list: up while the daemon beats; its record shows down once the heartbeat is older than the down time', async (t) => {
+  const data = path.join(tmpDir(t), 'data');
+  const d = await startApi(t, data);
+  const services = ((await http(d, 'GET', '/v3/os-services')).json as { services: { binary: string; host: string; state: string; updated_at: string }[] }).services;
+  t.is(services.length, 1);
+  t.like(services[0], { binary: 'cinder-backup', state: 'up' });
+  await d.stop('SIGKILL');
+  const app = await Appliance.open(loadConfig(data));
+  t.teardown(() => app.close());
+  const hb = new Heartbeat(app.catalog.env, services[0]!.host, 1000);
+  const down = await until('the dead daemon to show down', () => (hb.list()[0]?.state === 'down' ? hb.list()[0] : undefined));
+  t.is(down.host, services[0]!.host);
 });

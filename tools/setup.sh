@@ -5,7 +5,7 @@
 set -euo pipefail
 mode="${1:---runtime}"
 runtime=(fuse3 libfuse2 e2fsprogs util-linux mount)
-testing=(qemu-utils libnbd-bin python3-libnbd nbdkit fio gdisk xfsprogs parted openssl)  # libnbd-bin also provides nbdfuse
+testing=(qemu-utils libnbd-bin python3-libnbd nbdkit fio gdisk xfsprogs parted openssl curl python3-cinderclient python3-openstackclient)  # libnbd-bin also provides nbdfuse
 bench=(restic borgbackup time)
 kafka=(gcc libc6-dev librdkafka-dev kcat)  # tools/kafka: the test broker (librdkafka's mock cluster)
 ceph=(ceph ceph-mon ceph-osd ceph-mgr radosgw ceph-common python3-rados python3-rbd)

@@ -2,7 +2,7 @@
  * Ceph RBD images as volumes, through the `rbd` command as Cinder's Ceph drivers do.
  *
  * - A volume is `POOL/IMAGE` of the cluster named by `conf` (else CEPH_CONF, else Ceph's
- *   default search) as ceph user `user` (else BLOCKGATE_CEPH_USER, else Ceph's default,
+ *   default search) as ceph user `user` (else Ceph's default,
  *   client.admin). Names are checked before anything runs: no paths, spaces, '@' or
  *   namespaces, exactly one '/'.
  * - A backup never reads the image head: snapshotForBackup() takes a snapshot
@@ -27,7 +27,7 @@ import { RbdImageDevice } from './rbd-io.js';
 export interface RbdOptions {
   /** ceph.conf of the cluster (default: CEPH_CONF, else Ceph's own search) */
   conf?: string | null;
-  /** ceph user id without "client." (default: BLOCKGATE_CEPH_USER, else Ceph's default) */
+  /** ceph user id without "client." (default: Ceph's; the appliance passes config.cephUser, from BLOCKGATE_CEPH_USER) */
   user?: string | null;
 }
 
@@ -84,7 +84,7 @@ export const BACKUP_SNAP_RE = /^backup\.([0-9A-Za-z-]+)\.snap\.(\d+(?:\.\d+)?)$/
 
 function resolveOptions(o: RbdOptions = {}): { conf?: string; user?: string } {
   const conf = o.conf || undefined;
-  const user = o.user || process.env.BLOCKGATE_CEPH_USER || undefined;
+  const user = o.user || undefined;
   if (conf !== undefined && (conf.includes('\0') || conf.startsWith('-'))) throw new RbdError(`invalid ceph.conf path ${JSON.stringify(conf)}`);
   if (user !== undefined && !USER_RE.test(user.replace(/^client\./, ''))) throw new RbdError(`invalid ceph user ${JSON.stringify(user)}`);
   return { ...(conf ? { conf: path.resolve(conf) } : {}), ...(user ? { user: user.replace(/^client\./, '') } : {}) };

@@ -16,6 +16,7 @@ import type { CodecName } from '../codec.js';
 
 export type ChunkTask =
   | { id: number; op: 'hash'; buf: ArrayBuffer; length: number }
+  | { id: number; op: 'decodeRun'; path?: string; object?: ArrayBuffer; offset: number; length: number; blobs: [offset: number, length: number, plain: number, digest: string][] }
   | { id: number; op: 'hashBlocks'; buf: ArrayBuffer; length: number; block: number }
   | { id: number; op: 'encodeBlocks'; buf: ArrayBuffer; blocks: [offset: number, length: number, digest: string][]; codec: CodecName; out: ArrayBuffer }
   | { id: number; op: 'encode'; buf: ArrayBuffer; length: number; codec: CodecName; out: ArrayBuffer; digest: string }
@@ -38,6 +39,8 @@ export type ChunkResult =
       /** encodeBlocks: each object's length (laid out one after the other in out) and codec */
       lengths?: number[];
       codecs?: CodecName[];
+      /** decodeRun: per blob, the error that failed it ('' when it decoded) */
+      errors?: string[];
     }
   | { id: number; ok: false; error: string; name: string };
 
@@ -51,7 +54,54 @@ function own(b: Buffer): ArrayBuffer {
 
 parentPort!.on('message', (t: ChunkTask) => {
   try {
-    if (t.op === 'hashBlocks') {
+    if (t.op === 'decodeRun') {
+      // neighbouring blobs of one pack: one read of their range, each blob decoded and verified on its own
+      let run: Buffer;
+      if (t.path !== undefined) {
+        run = Buffer.allocUnsafe(t.length);
+        let n = 0;
+        let fd: number;
+        try {
+          fd = openSync(t.path, 'r');
+        } catch (e) {
+          const code = (e as NodeJS.ErrnoException).code;
+          parentPort!.postMessage({ id: t.id, ok: false, error: code === 'ENOENT' ? 'its pack is missing from the repository' : (e as Error).message, name: code === 'ENOENT' ? 'ObjectNotFoundError' : 'Error' } satisfies ChunkResult);
+          return;
+        }
+        try {
+          while (n < t.length) {
+            const got = readSync(fd, run, n, t.length - n, t.offset + n);
+            if (got === 0) break;
+            n += got;
+          }
+        } finally {
+          closeSync(fd);
+        }
+        run = run.subarray(0, n);
+      } else {
+        run = Buffer.from(t.object!);
+      }
+      const total = t.blobs.reduce((a, b) => a + b[2], 0);
+      const out = new ArrayBuffer(total);
+      const view = Buffer.from(out);
+      const errors: string[] = [];
+      let at = 0;
+      for (const [offset, length, plainLength, digest] of t.blobs) {
+        try {
+          if (plainLength > MAX_CHUNK) throw new ChunkCorruptError(digest, `plaintext length ${plainLength} too large`);
+          const blob = run.subarray(offset, offset + length);
+          if (blob.length < length) throw new ChunkCorruptError(digest, `its pack ends before the blob does (${blob.length} of ${length} bytes)`);
+          const plain = decodeChunk(blob, digest, sealing);
+          if (plain.length !== plainLength) throw new ChunkCorruptError(digest, `holds ${plain.length} bytes, the index says ${plainLength}`);
+          plain.copy(view, at);
+          errors.push('');
+        } catch (e) {
+          errors.push((e as Error).message);
+        }
+        at += plainLength;
+      }
+      parentPort!.postMessage({ id: t.id, ok: true, out, errors } satisfies ChunkResult, [out]);
+    } else if (t.op === 'hashBlocks') {
       // a segment of many blocks in one message: one round trip per segment, not per block
       const digests: string[] = [];
       for (let off = 0; off < t.length; off += t.block) {

@@ -121,6 +121,33 @@ export class ChunkWorkerPool {
     return { buf: r.buf!, digest: r.digest!, zero: r.zero! };
   }
 
+  /**
+   * Decodes neighbouring blobs of one pack in one task: the range (read by the worker from
+   * `path`, or given as `object`), and per blob (offset in the range, stored length,
+   * plaintext length, digest) its verified plaintext or its error.
+   */
+  async decodeRun(src: { path: string } | { object: Buffer }, offset: number, length: number, blobs: [number, number, number, string][]): Promise<(Buffer | Error)[]> {
+    let msg: DistOmit<ChunkTask, 'id'>;
+    const transfer: ArrayBuffer[] = [];
+    if ('path' in src) {
+      msg = { op: 'decodeRun', path: src.path, offset, length, blobs };
+    } else {
+      const ab = new ArrayBuffer(src.object.length);
+      Buffer.from(ab).set(src.object);
+      transfer.push(ab);
+      msg = { op: 'decodeRun', object: ab, offset, length, blobs };
+    }
+    const r = await this.run(msg, transfer);
+    const out: (Buffer | Error)[] = [];
+    let at = 0;
+    blobs.forEach(([, , plain], k) => {
+      const err = r.errors![k]!;
+      out.push(err ? Object.assign(new Error(err), { name: 'ChunkCorruptError' }) : Buffer.from(r.out!, at, plain));
+      at += plain;
+    });
+    return out;
+  }
+
   /** The digest of every `block`-sized block of buf[0..length) ('' for all-zero), in one task; buf is handed back. */
   async hashBlocks(buf: ArrayBuffer, length: number, block: number): Promise<{ buf: ArrayBuffer; digests: string[] }> {
     const r = await this.run({ op: 'hashBlocks', buf, length, block }, [buf]);

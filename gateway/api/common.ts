@@ -16,6 +16,9 @@ export const projectParams = { type: 'object', properties: { project_id: uuidish
 export const nullableString = (max = 255) => ({ type: ['string', 'null'], maxLength: max }) as const;
 export const metadataSchema = { type: 'object', maxProperties: 64, additionalProperties: { type: 'string', maxLength: 255 }, propertyNames: { maxLength: 255 } } as const;
 
+/** an action body: exactly one of the named actions */
+export const oneAction = <P extends Record<string, unknown>>(properties: P) => ({ type: 'object', minProperties: 1, maxProperties: 1, additionalProperties: false, properties }) as const;
+
 /** query keys every list takes; values arrive as strings (nothing is coerced) */
 export const LIST_QUERY = {
   all_tenants: { type: 'string', maxLength: 10 },

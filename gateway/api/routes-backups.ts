@@ -7,7 +7,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { parseRecord, exportRecord, importRecord } from '../engine/records-io.js';
 import type { BackupRecord } from '../../catalog/records.js';
-import { LIST_QUERY, idParams, listScope, metadataSchema, nullableString, page, projectParams, requireAdmin, visibleBackup, visibleVolume } from './common.js';
+import { LIST_QUERY, idParams, oneAction, listScope, metadataSchema, nullableString, page, projectParams, requireAdmin, visibleBackup, visibleVolume } from './common.js';
 import { ApiError, badRequest, notFound } from './errors.js';
 import { atLeast } from './microversion.js';
 import type { ApiContext } from './server.js';
@@ -59,16 +59,10 @@ const restoreBody = {
   },
 } as const;
 
-const actionBody = {
-  type: 'object',
-  minProperties: 1,
-  maxProperties: 1,
-  additionalProperties: false,
-  properties: {
-    'os-reset_status': { type: 'object', required: ['status'], additionalProperties: false, properties: { status: { type: 'string', enum: ['available', 'error'] } } },
-    'os-force_delete': { type: ['null', 'object'], additionalProperties: false, properties: {} },
-  },
-} as const;
+const actionBody = oneAction({
+  'os-reset_status': { type: 'object', required: ['status'], additionalProperties: false, properties: { status: { type: 'string', enum: ['available', 'error'] } } },
+  'os-force_delete': { type: ['null', 'object'], additionalProperties: false, properties: {} },
+} as const);
 
 const importBody = {
   type: 'object',

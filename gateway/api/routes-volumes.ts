@@ -7,7 +7,8 @@ import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import { GiB, type VolumeStatus } from '../../catalog/records.js';
 import { createVolume, deleteVolume } from '../engine/volumes.js';
-import { LIST_QUERY, canSee, idParams, listScope, metadataSchema, nullableString, page, projectParams, requireAdmin, visibleBackup, visibleVolume } from './common.js';
+import { endBackingUp } from '../jobs/handlers.js';
+import { LIST_QUERY, oneAction, idParams, listScope, metadataSchema, nullableString, page, projectParams, requireAdmin, visibleBackup, visibleVolume } from './common.js';
 import { badRequest, conflict } from './errors.js';
 import type { ApiContext } from './server.js';
 import { volumeDetail, volumeSummary } from './views.js';
@@ -47,20 +48,14 @@ const createBody = {
 
 const listQuery = { type: 'object', additionalProperties: false, properties: { ...LIST_QUERY } } as const;
 
-const actionBody = {
-  type: 'object',
-  minProperties: 1,
-  maxProperties: 1,
-  additionalProperties: false,
-  properties: {
-    'os-reset_status': {
-      type: 'object',
-      required: ['status'],
-      additionalProperties: false,
-      properties: { status: { type: 'string', enum: ['available', 'in-use', 'error', 'error_restoring'] }, attach_status: { type: 'string' }, migration_status: { type: ['string', 'null'] } },
-    },
+const actionBody = oneAction({
+  'os-reset_status': {
+    type: 'object',
+    required: ['status'],
+    additionalProperties: false,
+    properties: { status: { type: 'string', enum: ['available', 'in-use', 'error', 'error_restoring'] }, attach_status: { type: 'string' }, migration_status: { type: ['string', 'null'] } },
   },
-} as const;
+} as const);
 
 const VOLUME_SORT = { id: 'id', name: 'name', display_name: 'name', status: 'status', size: 'size', created_at: 'created_at', updated_at: 'updated_at', availability_zone: 'id', bootable: 'id' };
 
@@ -110,6 +105,7 @@ export function volumeRoutes(r: FastifyInstance, c: ApiContext): void {
   });
 
   r.delete('/volumes/:id', { schema: { params: idParams } }, async (req, reply) => {
+    endBackingUp(c.app, visibleVolume(c, req, (req.params as { id: string }).id).id, '');
     const v = visibleVolume(c, req, (req.params as { id: string }).id);
     const allowed: VolumeStatus[] = ['available', 'error', 'error_restoring'];
     if (!allowed.includes(v.status)) throw badRequest(`Invalid volume: Volume status must be available or error or error_restoring or error_extending or error_managing and must not be migrating, attached, belong to a group, have snapshots, awaiting a transfer, or be disassociated from snapshots after volume transfer.`);
@@ -131,5 +127,4 @@ export function volumeRoutes(r: FastifyInstance, c: ApiContext): void {
     return reply.send();
   });
 
-  void canSee;
 }

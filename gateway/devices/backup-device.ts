@@ -10,6 +10,8 @@ import type { ChunkReader } from '../read/chunk-reader.js';
 
 /** chunks one cache() call reads at once */
 export const CACHE_WINDOW = 4;
+/** bytes fetched ahead of a sequential reader by default, and read in one cache() window of small blocks */
+const READ_AHEAD_BYTES = 4 * 1024 * 1024;
 
 export interface BackupDeviceOptions {
   /** chunks fetched ahead of a sequential reader (0: none) */
@@ -32,7 +34,8 @@ export class BackupDevice implements BlockDevice {
     private readonly chunks: ChunkReader,
     private readonly opts: BackupDeviceOptions = {},
   ) {
-    this.readAhead = opts.readAhead ?? 4;
+    // read-ahead by bytes, as with 4 MiB chunks: small blocks are fetched many at a time
+    this.readAhead = opts.readAhead ?? Math.max(4, Math.ceil(READ_AHEAD_BYTES / chunkSize));
     this.blockSizes = { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024 };
   }
 
@@ -63,6 +66,17 @@ export class BackupDevice implements BlockDevice {
       return data ? data.subarray(start, start + length) : Buffer.alloc(length);
     }
     const out = Buffer.alloc(length);
+    if (this.chunks.readMany) {
+      // the blocks of the range together: neighbours in a pack are one range read
+      const blocks = await this.blocks(first, last);
+      for (const [i, data] of blocks) {
+        const cStart = i * cs;
+        const from = Math.max(offset, cStart);
+        const to = Math.min(offset + length, cStart + data.length);
+        data.copy(out, from - offset, from - cStart, to - cStart);
+      }
+      return out;
+    }
     const parts: Promise<void>[] = [];
     for (let i = first; i <= last; i++) {
       parts.push(
@@ -79,9 +93,32 @@ export class BackupDevice implements BlockDevice {
     return out;
   }
 
+  /** blocks first..last that are not holes, read together; the first failure is thrown as EIO */
+  private async blocks(first: number, last: number): Promise<[number, Buffer][]> {
+    const idx: number[] = [];
+    const digests: string[] = [];
+    for (let i = first; i <= last; i++) {
+      const d = this.map.entry(i);
+      if (d === null) continue;
+      idx.push(i);
+      digests.push(d);
+    }
+    const got = await this.chunks.readMany!(digests);
+    return got.map((v, j) => {
+      if (v instanceof Error) throw new BlockDeviceError('EIO', `${this.opts.label ?? 'backup'} block ${idx[j]} (offset ${idx[j]! * this.chunkSize}): ${v.message}`);
+      return [idx[j]!, v];
+    });
+  }
+
   private prefetch(from: number): void {
     const count = Math.ceil(this.size / this.chunkSize);
-    for (let i = from; i < Math.min(count, from + this.readAhead); i++) {
+    const to = Math.min(count, from + this.readAhead) - 1;
+    if (to < from) return;
+    if (this.chunks.readMany) {
+      this.blocks(from, to).catch(() => undefined);
+      return;
+    }
+    for (let i = from; i <= to; i++) {
       this.chunk(i).catch(() => undefined);
     }
   }
@@ -94,6 +131,11 @@ export class BackupDevice implements BlockDevice {
     this.check(offset, length);
     const first = Math.floor(offset / this.chunkSize);
     const last = Math.floor((offset + Math.max(length, 1) - 1) / this.chunkSize);
+    if (this.chunks.readMany) {
+      const window = Math.max(CACHE_WINDOW, Math.floor(READ_AHEAD_BYTES / this.chunkSize));
+      for (let i = first; i <= last; i += window) await this.blocks(i, Math.min(last, i + window - 1));
+      return;
+    }
     for (let i = first; i <= last; i += CACHE_WINDOW) {
       const jobs: Promise<unknown>[] = [];
       for (let j = i; j <= Math.min(last, i + CACHE_WINDOW - 1); j++) jobs.push(this.chunk(j).then(() => undefined));

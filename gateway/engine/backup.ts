@@ -176,8 +176,9 @@ async function copyVolume(app: Appliance, rec: BackupRecord, progress?: Progress
   if (from) rec = { ...rec, size_bytes: from.size, size: sizeGiB(from.size) };
   const cs = rec.chunk_size;
   const count = Math.ceil(rec.size_bytes / cs);
-  // small blocks are read, hashed and encoded a segment (4 MiB, as many bytes in flight as 4 MiB chunks) at a time
-  const seg = Math.max(1, Math.floor(SEGMENT_BYTES / cs));
+  // a packed repository's small blocks are read, hashed and encoded a segment (4 MiB, as many bytes
+  // in flight as 4 MiB chunks) at a time; a loose repository puts each chunk object on its own, in parallel
+  const seg = app.repo.packed ? Math.max(1, Math.floor(SEGMENT_BYTES / cs)) : 1;
   const sink = new ChunkSink(app, new MapBuilder(count, undefined, false, (p) => app.repo.digest(p), pageEntriesFor(cs)), cs, app.config.pipelineDepth, true, seg);
   const dev = from ?? (await app.volumeDriver(catalog.volume(rec.volume_id)).open('read'));
   const check = cancelCheck(app, rec.id);

@@ -159,7 +159,9 @@ export class ChunkSink {
         return;
       }
       // this segment writes it; duplicates elsewhere wait for that
-      this.writing.set(d, new Promise<void>((resolve, reject) => settle.push((e) => (e === undefined ? resolve() : reject(e)))));
+      const job = new Promise<void>((resolve, reject) => settle.push((e) => (e === undefined ? resolve() : reject(e))));
+      job.catch(() => undefined); // its failure is this segment's, reported once
+      this.writing.set(d, job);
       mine.push([k * cs, n, d]);
     });
     try {

@@ -7,13 +7,16 @@
  */
 import type { BackupRecord, VolumeRecord } from '../../catalog/records.js';
 import type { Appliance } from '../appliance.js';
-import { SlotChunkReader } from '../read/chunk-reader.js';
+import { RepoChunkReader, SlotChunkReader } from '../read/chunk-reader.js';
 import type { Progress } from './backup.js';
 import { range, runWindow } from './pipeline.js';
 import { restoreRbd } from './restore-rbd.js';
 import { BlockReadError } from './restore-target.js';
 
 export { BlockReadError, prepareRestore, type RestoreOptions } from './restore-target.js';
+
+/** bytes of small blocks a restore reads and writes at once */
+const SEGMENT_BYTES = 4 * 1024 * 1024;
 
 export async function runRestore(app: Appliance, backup: BackupRecord, target: VolumeRecord, progress?: Progress): Promise<VolumeRecord> {
   const { catalog } = app;
@@ -40,8 +43,57 @@ async function copyBackup(app: Appliance, backup: BackupRecord, target: VolumeRe
   const dev = await app.volumeDriver(target).open('write');
   const count = Math.ceil(backup.size_bytes / cs);
   let done = 0;
+  // small blocks: a segment of them at a time, read together (neighbours in a pack: one range read) and written as one run
+  const seg = app.repo.packed ? Math.max(1, Math.floor(SEGMENT_BYTES / cs)) : 1;
   try {
     if (dev.sparseFile) await dev.makeSparse!();
+    if (seg > 1) {
+      const chunks = new RepoChunkReader(app.repo, app.pool);
+      const bufs = Array.from({ length: depth }, () => Buffer.allocUnsafe(seg * cs));
+      await runWindow(range(Math.ceil(count / seg)), depth, async (s, slot) => {
+        const first = s * seg;
+        const last = Math.min(count, first + seg) - 1;
+        const idx: number[] = [];
+        const digests: string[] = [];
+        for (let i = first; i <= last; i++) {
+          const d = map.entry(i);
+          if (d !== null) {
+            idx.push(i);
+            digests.push(d);
+          }
+        }
+        const got = await chunks.readMany(digests);
+        const buf = bufs[slot]!;
+        const blockLen = (i: number) => Math.min(cs, backup.size_bytes - i * cs);
+        // write each span of consecutive blocks as one write; holes are zeroed on a device, skipped in a sparse file
+        let spanStart = -1;
+        let spanEnd = -1;
+        const flushSpan = async () => {
+          if (spanStart < 0) return;
+          await dev.write!(spanStart * cs, buf.subarray((spanStart - first) * cs, (spanStart - first) * cs + (spanEnd - spanStart) * cs - cs + blockLen(spanEnd - 1)));
+          spanStart = -1;
+        };
+        let j = 0;
+        for (let i = first; i <= last; i++) {
+          if (idx[j] !== i) {
+            await flushSpan();
+            if (!dev.sparseFile) await dev.zero!(i * cs, blockLen(i));
+            continue;
+          }
+          const v = got[j++]!;
+          if (v instanceof Error) throw new BlockReadError(backup, i, v);
+          if (v.length !== blockLen(i)) throw new BlockReadError(backup, i, new Error(`chunk ${digests[j - 1]} holds ${v.length} bytes, expected ${blockLen(i)}`));
+          v.copy(buf, (i - first) * cs);
+          if (spanStart < 0) spanStart = i;
+          spanEnd = i + 1;
+        }
+        await flushSpan();
+        done += (last - first + 1) * cs;
+        progress?.(Math.min(done, backup.size_bytes), backup.size_bytes);
+      });
+      await dev.flush?.();
+      return;
+    }
     await runWindow(
       range(count),
       depth,

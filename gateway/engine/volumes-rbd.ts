@@ -17,7 +17,7 @@ export interface RbdVolumeOptions {
 export async function createRbdVolume(app: Appliance, name: string, opts: RbdVolumeOptions, ids: { project_id: string; user_id: string }): Promise<VolumeRecord> {
   const { pool, image } = parseRbdSpec(opts.rbd);
   const spec = `${pool}/${image}`;
-  const vol = new RbdVolume(spec, { conf: opts.cephConf, user: opts.cephUser });
+  const vol = new RbdVolume(spec, { conf: opts.cephConf, user: opts.cephUser ?? app.config.cephUser });
   let size: number;
   let created = false;
   if (opts.size !== undefined) {

@@ -152,7 +152,8 @@ export class LocalJobQueue implements JobQueue {
     };
     this.store.put(job);
     this.pending.push(job.id);
-    this.pump();
+    // dispatched after the caller's answer (and its transaction) is done
+    setImmediate(() => this.pump());
     return job;
   }
 

@@ -80,6 +80,8 @@ export class JobService {
 
   async submitBackup(r: BackupRequest): Promise<{ backup: BackupRecord; job: JobRecord }> {
     const { catalog } = this.app;
+    // a backup that has just committed: its job is ending and the volume about to leave backing-up
+    endBackingUp(this.app, catalog.volume(r.volumeId).id, '');
     const v = catalog.volume(r.volumeId);
     let parentBefore: string | null = null;
     if (r.snapshotId) {
@@ -93,29 +95,26 @@ export class JobService {
     // with a snapshot, the parent is the newest available backup older than the snapshot (Cinder's rule)
     const parent = r.incremental ? catalog.listBackups(v.id).filter((b) => b.status === 'available' && (!parentBefore || b.data_timestamp < parentBefore)).at(-1) : undefined;
     if (r.incremental && !parent) throw new InvalidRequestError('Invalid backup: No backups available to do an incremental backup.');
-    const res = r.skipQuota ? null : this.quotas.reserve(v.project_id, sizeGiB(v.size));
-    let rec: BackupRecord | undefined;
+    const rec0 = await startBackup(this.app, { volume: v.id, force: r.force, name: r.name ?? undefined, description: r.description ?? undefined, snapshotId: r.snapshotId ?? null, projectId: v.project_id, userId: r.userId });
+    const rec: BackupRecord = { ...rec0, parent_id: parent?.id ?? null, is_incremental: !!parent, metadata: r.metadata ?? {}, ...(parentBefore ? { data_timestamp: parentBefore } : {}) };
+    let job!: JobRecord;
     try {
-      rec = await startBackup(this.app, { volume: v.id, force: r.force, name: r.name ?? undefined, description: r.description ?? undefined, snapshotId: r.snapshotId ?? null, projectId: v.project_id, userId: r.userId });
-      if (res) this.quotas.attach(res.id, rec.id);
-      rec = { ...rec, parent_id: parent?.id ?? null, is_incremental: !!parent, metadata: r.metadata ?? {}, ...(parentBefore ? { data_timestamp: parentBefore } : {}) };
-      catalog.putBackup(rec);
-      // the volume is backing-up meanwhile (one backup of a volume at a time, as in Cinder)
-      const id = rec.id;
+      // one commit: the quota reservation (which sees every other one), the record, the volume
+      // `backing-up` (one backup of a volume at a time, as in Cinder) and the queued job
       catalog.env.transactionSync(() => {
+        const res = r.skipQuota ? null : this.quotas.reserve(v.project_id, sizeGiB(v.size), rec.id);
+        catalog.putBackup(rec);
         const cur = catalog.volumes.get(v.id);
         if (!cur || (cur.status !== 'available' && cur.status !== 'in-use')) throw new InvalidRequestError(`Invalid volume: Volume to be backed up must be available or in-use, but the current status is "${cur?.status ?? 'deleted'}".`);
         catalog.volumes.putSync(v.id, { ...cur, status: 'backing-up', previous_status: cur.status });
+        job = this.queue.submit({ kind: 'backup', backup_id: rec.id, volume_id: v.id, project_id: rec.project_id, user_id: r.userId, params: r.snapshotId ? { snapshot_id: r.snapshotId } : {}, reservation: res?.id ?? null });
       });
-      const job = this.queue.submit({ kind: 'backup', backup_id: id, volume_id: v.id, project_id: rec.project_id, user_id: r.userId, params: r.snapshotId ? { snapshot_id: r.snapshotId } : {}, reservation: res?.id ?? null });
       return { backup: rec, job };
     } catch (e) {
-      this.quotas.end(res?.id);
-      if (rec) {
+      catalog.env.transactionSync(() => {
         catalog.backups.removeSync(rec.id);
         catalog.unregisterWriter(rec.id);
-        endBackingUp(this.app, v.id, rec.id);
-      }
+      });
       throw e;
     }
   }
@@ -125,6 +124,7 @@ export class JobService {
     const b = catalog.backups.get(r.backupId);
     if (!b || b.status === 'deleted') throw new NotFoundError('backup', r.backupId);
     if (b.status !== 'available') throw new InvalidRequestError(`Invalid backup: Backup status must be available, but the current status is "${b.status}".`);
+    if (r.volumeId) endBackingUp(this.app, catalog.volume(r.volumeId).id, '');
     const { backup, target } = await prepareRestore(this.app, { backup: b.id, ...(r.volumeId ? { volume: r.volumeId } : { newName: r.name ?? undefined }) });
     try {
       const job = this.queue.submit({ kind: 'restore', backup_id: backup.id, volume_id: target.id, project_id: backup.project_id, user_id: r.userId, params: { new_volume: !r.volumeId } });

@@ -83,8 +83,8 @@ export function cli(dataDir: string, args: string[], env: NodeJS.ProcessEnv = {}
   });
 }
 
-export async function cliJson<T = Record<string, unknown>>(dataDir: string, args: string[]): Promise<T> {
-  const r = await cli(dataDir, ['-f', 'json', ...args]);
+export async function cliJson<T = Record<string, unknown>>(dataDir: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<T> {
+  const r = await cli(dataDir, ['-f', 'json', ...args], env);
   if (r.code !== 0) throw new Error(`blockgate ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
   return JSON.parse(r.stdout) as T;
 }

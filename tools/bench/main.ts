@@ -17,6 +17,7 @@ import { SUITE as REPO_SCALE, type ScaleRow, benchRepo } from './repo.js';
 import { ROUNDS, machine } from './stats.js';
 import { benchPacks, packsNotes } from './packs.js';
 import { benchEvents } from './events.js';
+import { benchApi } from './api.js';
 
 const work = path.resolve(process.env.BENCH_DIR ?? '.bench');
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 2048);
@@ -35,6 +36,7 @@ const suites: Record<string, (work: string, sizeMiB: number) => Promise<Row[]>> 
   memory: (work) => benchMemory(work),
   packs: benchPacks,
   events: (work) => benchEvents(work),
+  api: benchApi,
 };
 const only = process.argv.slice(2);
 const rows: Row[] = [];
@@ -82,6 +84,15 @@ const att1 = rows.find((r) => r.suite === 'instant' && r.op === 'attach 1 GiB (C
 const att64 = rows.find((r) => r.suite === 'instant' && r.op === 'attach 64 GiB (CLI+nbdinfo)');
 if (att1 && att64) ratios['instant attach seconds 1 GiB / 64 GiB (target < 1 s each)'] = `${att1.seconds.toFixed(3)} / ${att64.seconds.toFixed(3)}`;
 ratios['hydration vs plain restore (target >= 0.9)'] = ratio(get('blockgate', 'hydrate (instant)', 'instant'), get('blockgate', 'restore (plain)', 'instant'));
+const apiCreate = get('blockgate', 'backup-create p50 (16 clients)', 'api');
+const apiCreate99 = get('blockgate', 'backup-create p99 (16 clients)', 'api');
+const apiList = get('blockgate', 'backup-list p50 (16 clients)', 'api');
+const apiList99 = get('blockgate', 'backup-list p99 (16 clients)', 'api');
+if (apiCreate && apiCreate99) ratios['API backup-create ms at 16 clients, median / p99 (target median < 50)'] = `${(apiCreate.seconds * 1000).toFixed(1)} / ${(apiCreate99.seconds * 1000).toFixed(1)}`;
+if (apiList && apiList99) ratios['API backup-list ms at 16 clients, median / p99'] = `${(apiList.seconds * 1000).toFixed(1)} / ${(apiList99.seconds * 1000).toFixed(1)}`;
+const af = get('blockgate', 'rbd full backup (API)', 'api');
+const ai = get('blockgate', 'rbd incremental 5% (API)', 'api');
+if (af && ai) ratios['RBD 5% incremental vs full through the API, by time (target >= 20)'] = (af.seconds / ai.seconds).toFixed(1);
 const rf = get('blockgate', 'rbd full backup', 'rbd');
 const ri = get('blockgate', 'rbd incremental 5%', 'rbd');
 if (rf && ri) ratios['RBD 5% incremental speed-up vs full, by time (target >= 20)'] = (rf.seconds / ri.seconds).toFixed(1);

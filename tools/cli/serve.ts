@@ -41,7 +41,7 @@ export function serveCommands(program: Command, g: () => Globals): void {
     .action(async (o: { node?: string; nbdHost?: string; nbdPort?: string; nbdSocket?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; tlsRequired?: boolean; apiHost?: string; apiPort?: string; apiTlsCert?: string; apiTlsKey?: string; workers?: string }) => {
       const cfg = loadConfig(g().dataDir);
       if (o.node !== undefined) cfg.node = checkName('node', o.node);
-      const log = makeLogger();
+      const log = makeLogger(cfg.logLevel);
       const api = apiSection((cfg as unknown as { api?: unknown }).api, cfg.dataDir);
       if (!!o.apiTlsCert !== !!o.apiTlsKey) throw new UsageError('--api-tls-cert and --api-tls-key go together');
       const int = (v: string | undefined, what: string, min: number, max: number) => {
