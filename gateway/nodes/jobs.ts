@@ -104,6 +104,15 @@ export class ClusterJobQueue extends LocalJobQueue {
     const Kafka = await rdkafka();
     const p = new Kafka.Producer({ ...baseConfig(this.o.brokers, `blockgate-${this.o.node}-jobs`), dr_cb: true, 'message.timeout.ms': 30_000, 'enable.idempotence': false, 'max.in.flight.requests.per.connection': 1 } as never);
     p.setPollInterval(50);
+    // a job the broker never took (down longer than message.timeout.ms): it will not run anywhere, so it ends here, saying why
+    p.on('delivery-report', (err, report) => {
+      if (!err) return;
+      const job = this.store.get(String(report.opaque ?? ''));
+      if (!job || job.status !== 'queued') return;
+      const reason = `the Kafka jobs topic did not take the job (${err.message}); submit it again when the broker is back`;
+      this.o.log('warn', { event: 'job-not-queued', job: job.id, backup: job.backup_id, error: err.message }, reason);
+      void Promise.resolve(this.handlers1().backup.dropped?.(job, reason)).then(() => this.end(job.id, 'error', reason));
+    });
     await new Promise<void>((resolve, reject) => p.connect({ timeout: 10_000 }, (err) => (err ? reject(new Error(`kafka ${this.o.brokers}: ${err.message}`)) : resolve())));
     this.producer = p;
     const c = new Kafka.KafkaConsumer(
@@ -126,7 +135,7 @@ export class ClusterJobQueue extends LocalJobQueue {
     const b = this.app.catalog.backups.get(spec.backup_id)!;
     const job = this.submitHeld({ ...spec, params: { ...(spec.params ?? {}), cluster: true } });
     const msg: ClusterJobMessage = { kind: 'blockgate-job', origin: this.o.node, job, backup: b, volume: v, sent_at: now() };
-    this.producer.produce(this.o.topic, null, Buffer.from(JSON.stringify(msg)), b.id, Date.now());
+    this.producer.produce(this.o.topic, null, Buffer.from(JSON.stringify(msg)), b.id, Date.now(), job.id);
     return job;
   }
 
