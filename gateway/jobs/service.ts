@@ -123,7 +123,12 @@ export class JobService {
     const { catalog } = this.app;
     const b = catalog.backups.get(r.backupId);
     if (!b || b.status === 'deleted') throw new NotFoundError('backup', r.backupId);
-    if (b.status !== 'available') throw new InvalidRequestError(`Invalid backup: Backup status must be available, but the current status is "${b.status}".`);
+    if (b.status !== 'available') {
+      // Cinder's check comes first; when the target is what is busy (a restore into it runs), say so too
+      const v = r.volumeId ? this.targetVolume(r.volumeId) : undefined;
+      const busy = v && (v.status === 'restoring-backup' || catalog.locks.get(`r:${v.id}`)) ? ` Volume ${v.name ?? v.id} (${v.id}) is ${v.status === 'restoring-backup' ? 'restoring-backup' : 'restoring'}: a restore into it is already running; only one restore into a volume at a time.` : '';
+      throw new InvalidRequestError(`Invalid backup: Backup status must be available, but the current status is "${b.status}".${busy}`);
+    }
     if (r.volumeId) endBackingUp(this.app, catalog.volume(r.volumeId).id, '');
     const { backup, target } = await prepareRestore(this.app, { backup: b.id, ...(r.volumeId ? { volume: r.volumeId } : { newName: r.name ?? undefined }) });
     try {
@@ -134,6 +139,14 @@ export class JobService {
       catalog.releaseRestoreTarget(target.id);
       catalog.updateVolume(target.id, () => ({ status: 'available' }));
       throw e;
+    }
+  }
+
+  private targetVolume(ref: string): VolumeRecord | undefined {
+    try {
+      return this.app.catalog.volume(ref);
+    } catch {
+      return undefined;
     }
   }
 
