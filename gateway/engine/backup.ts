@@ -42,6 +42,20 @@ export class BackupCancelled extends Error {
 
 /** Validates the request and records the backup as `creating`; returns at once. */
 export async function startBackup(app: Appliance, opts: BackupOptions): Promise<BackupRecord> {
+  const rec = await newBackupRecord(app, opts);
+  app.catalog.env.transactionSync(() => {
+    app.catalog.registerWriter(rec.id);
+    app.catalog.putBackup(rec);
+  });
+  return rec;
+}
+
+/**
+ * The `creating` record startBackup commits, checked but not written: a caller that commits
+ * more with it (the job service: quota, volume, job) registers the writer and puts it in its
+ * own transaction, one commit in all.
+ */
+export async function newBackupRecord(app: Appliance, opts: BackupOptions): Promise<BackupRecord> {
   const { catalog, repo } = app;
   const v = catalog.volume(opts.volume);
   if (v.status === 'in-use' && !opts.force) {
@@ -86,10 +100,6 @@ export async function startBackup(app: Appliance, opts: BackupOptions): Promise<
     change_token: null,
     bytes_read: 0,
   };
-  catalog.env.transactionSync(() => {
-    catalog.registerWriter(id);
-    catalog.putBackup(rec);
-  });
   return rec;
 }
 

@@ -11,7 +11,7 @@ import { QuotaStore } from '../../catalog/quotas.js';
 import { SnapshotStore } from '../../catalog/snapshots.js';
 import { type BackupRecord, type BackupStatus, sizeGiB, type VolumeRecord } from '../../catalog/records.js';
 import type { Appliance } from '../appliance.js';
-import { startBackup } from '../engine/backup.js';
+import { newBackupRecord } from '../engine/backup.js';
 import { beginDelete } from '../engine/delete.js';
 import { prepareRestore } from '../engine/restore.js';
 import { backupPayload, endBackingUp, makeHandlers } from './handlers.js';
@@ -95,13 +95,15 @@ export class JobService {
     // with a snapshot, the parent is the newest available backup older than the snapshot (Cinder's rule)
     const parent = r.incremental ? catalog.listBackups(v.id).filter((b) => b.status === 'available' && (!parentBefore || b.data_timestamp < parentBefore)).at(-1) : undefined;
     if (r.incremental && !parent) throw new InvalidRequestError('Invalid backup: No backups available to do an incremental backup.');
-    const rec0 = await startBackup(this.app, { volume: v.id, force: r.force, name: r.name ?? undefined, description: r.description ?? undefined, snapshotId: r.snapshotId ?? null, projectId: v.project_id, userId: r.userId });
+    const rec0 = await newBackupRecord(this.app, { volume: v.id, force: r.force, name: r.name ?? undefined, description: r.description ?? undefined, snapshotId: r.snapshotId ?? null, projectId: v.project_id, userId: r.userId });
     const rec: BackupRecord = { ...rec0, parent_id: parent?.id ?? null, is_incremental: !!parent, metadata: r.metadata ?? {}, ...(parentBefore ? { data_timestamp: parentBefore } : {}) };
     let job!: JobRecord;
     try {
-      // one commit: the quota reservation (which sees every other one), the record, the volume
-      // `backing-up` (one backup of a volume at a time, as in Cinder) and the queued job
+      // one commit: the writer registration (refused while a GC runs), the quota reservation
+      // (which sees every other one), the record, the volume `backing-up` (one backup of a volume
+      // at a time, as in Cinder) and the queued job; durable before the answer
       catalog.env.transactionSync(() => {
+        catalog.registerWriter(rec.id);
         const res = r.skipQuota ? null : this.quotas.reserve(v.project_id, sizeGiB(v.size), rec.id);
         catalog.putBackup(rec);
         const cur = catalog.volumes.get(v.id);
