@@ -66,9 +66,19 @@ test('force-delete cancels a queued and a running backup; quota reservations end
   await jobs.forceDelete(queued.backup.id);
   t.is(app.catalog.backups.get(queued.backup.id)!.status, 'deleted');
   t.is(jobs.store.get(queued.job.id)!.status, 'cancelled');
-  // the running one stops at its next progress step
-  while (jobs.store.get(running.job.id)!.status === 'queued') await new Promise((r) => setTimeout(r, 10));
-  await jobs.forceDelete(running.backup.id);
+  // the running one is force-deleted at a known point, from its first progress event with data
+  // read and more to go (a listener runs inside the job's progress step: the backup cannot have
+  // finished), and it stops at its next progress step
+  const forced = new Promise<unknown>((resolve) => {
+    const off = app.events.subscribe((e) => {
+      if (e.type !== 'backup.createprogress' || e.resource !== running.backup.id || !((e.payload.bytes as number) > 0)) return;
+      off();
+      t.true((e.payload.percent as number) < 100, 'the backup is mid-way');
+      t.is(jobs.store.get(running.job.id)!.status, 'running');
+      resolve(jobs.forceDelete(running.backup.id));
+    });
+  });
+  await forced;
   const end = await jobs.queue.wait(running.job.id);
   t.is(end.status, 'cancelled');
   t.is(app.catalog.backups.get(running.backup.id)!.status, 'deleted');

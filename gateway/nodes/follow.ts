@@ -40,7 +40,8 @@ export class CatalogFollower {
   ) {}
 
   async start(): Promise<void> {
-    await this.sync();
+    // in the background: a node that was away a long time catches up while it already serves
+    this.nudge();
     this.timer = setInterval(() => this.nudge(), this.pollMs);
     this.timer.unref();
     const k = this.app.config.kafka;
@@ -88,6 +89,7 @@ export class CatalogFollower {
   async sync(): Promise<void> {
     const { app } = this;
     this.stats.syncs++;
+    const t0 = Date.now();
     try {
       await followRepository(app);
       const listedAt = Date.now();
@@ -112,6 +114,7 @@ export class CatalogFollower {
       });
       this.stats.deleted += gone.length;
       await this.afterSync?.();
+      if (Date.now() - t0 > 5000) this.log('warn', { event: 'follow-slow', ms: Date.now() - t0 }, `catalog follow took ${Date.now() - t0} ms`);
     } catch (e) {
       this.log('warn', { event: 'follow-failed', error: (e as Error).message }, `catalog follow: ${(e as Error).message}`);
     }

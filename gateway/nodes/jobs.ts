@@ -24,7 +24,7 @@ import { type JobRecord, JobStore } from '../../catalog/jobs.js';
 import { decodeManifest } from '../../catalog/manifest.js';
 import { type BackupRecord, type VolumeRecord, now } from '../../catalog/records.js';
 import type { Appliance } from '../appliance.js';
-import { type Adoption, adoptedRecord, chunkEntries, commitAdoption, fetchPages, manifestChunks } from '../engine/adopt.js';
+import { type Adoption, adoptedRecord, commitAdoption, fetchPages } from '../engine/adopt.js';
 import { baseConfig, rdkafka } from '../events/kafka-client.js';
 import { safeDisconnect } from '../events/kafka.js';
 import { backupPayload, endBackingUp } from '../jobs/handlers.js';
@@ -104,6 +104,15 @@ export class ClusterJobQueue extends LocalJobQueue {
     const Kafka = await rdkafka();
     const p = new Kafka.Producer({ ...baseConfig(this.o.brokers, `blockgate-${this.o.node}-jobs`), dr_cb: true, 'message.timeout.ms': 30_000, 'enable.idempotence': false, 'max.in.flight.requests.per.connection': 1 } as never);
     p.setPollInterval(50);
+    // a job the broker never took (down longer than message.timeout.ms): it will not run anywhere, so it ends here, saying why
+    p.on('delivery-report', (err, report) => {
+      if (!err) return;
+      const job = this.store.get(String(report.opaque ?? ''));
+      if (!job || job.status !== 'queued') return;
+      const reason = `the Kafka jobs topic did not take the job (${err.message}); submit it again when the broker is back`;
+      this.o.log('warn', { event: 'job-not-queued', job: job.id, backup: job.backup_id, error: err.message }, reason);
+      void Promise.resolve(this.handlers1().backup.dropped?.(job, reason)).then(() => this.end(job.id, 'error', reason));
+    });
     await new Promise<void>((resolve, reject) => p.connect({ timeout: 10_000 }, (err) => (err ? reject(new Error(`kafka ${this.o.brokers}: ${err.message}`)) : resolve())));
     this.producer = p;
     const c = new Kafka.KafkaConsumer(
@@ -126,7 +135,7 @@ export class ClusterJobQueue extends LocalJobQueue {
     const b = this.app.catalog.backups.get(spec.backup_id)!;
     const job = this.submitHeld({ ...spec, params: { ...(spec.params ?? {}), cluster: true } });
     const msg: ClusterJobMessage = { kind: 'blockgate-job', origin: this.o.node, job, backup: b, volume: v, sent_at: now() };
-    this.producer.produce(this.o.topic, null, Buffer.from(JSON.stringify(msg)), b.id, Date.now());
+    this.producer.produce(this.o.topic, null, Buffer.from(JSON.stringify(msg)), b.id, Date.now(), job.id);
     return job;
   }
 
@@ -319,7 +328,7 @@ export class ClusterJobQueue extends LocalJobQueue {
  * manifest ends it `error` (or cancelled) with the outcome's fail_reason. Job, quota and the
  * volume's `backing-up` are settled as the handlers do. Returns the jobs settled.
  */
-export async function settleForwarded(app: Appliance, jobs: JobService, q: ClusterJobQueue, claims: JobClaims): Promise<number> {
+export async function settleForwarded(app: Appliance, jobs: JobService, q: ClusterJobQueue, claims: JobClaims, log: ClusterQueueOptions['log']): Promise<number> {
   const { catalog } = app;
   let n = 0;
   for (const job of jobs.store.active()) {
@@ -336,16 +345,19 @@ export async function settleForwarded(app: Appliance, jobs: JobService, q: Clust
     if (!manifest && !outcome) continue;
     if (manifest && b && b.status !== 'available') {
       const { manifest: m, root } = decodeManifest(manifest, job.backup_id);
+      const t0 = Date.now();
       const pages = await fetchPages(app, [m]);
-      const page = (d: string) => pages.get(d) ?? catalog.pages.get(d)!;
-      const chunks = await chunkEntries(app, manifestChunks(m, page));
+      // the chunk index learns these chunks at the next catalog rebuild; until then a backup here may write one again (never reads wrong)
+      const chunks = new Map();
       const vol = catalog.volumes.get(m.volume.id) ?? catalog.volumes.get(b.volume_id)!;
       const rec = adoptedRecord(m, vol, 'committed by another node of the cluster');
       const a: Adoption = { records: [rec], roots: new Map([[rec.id, root]]), volumes: new Map(), pages, chunks };
       await commitAdoption(app, a);
       catalog.unregisterWriter(b.id);
       q.end(job.id, 'done', null);
+      log('info', { event: 'forwarded-settled', job: job.id, backup: b.id, status: 'available', ms: Date.now() - t0 }, `backup ${b.id}, run by another node, is available`);
     } else if (!manifest && outcome && b && b.status === 'creating') {
+      log('info', { event: 'forwarded-settled', job: job.id, backup: b.id, status: outcome.status, node: outcome.node }, `backup ${b.id} ended ${outcome.status} on node ${outcome.node}: ${outcome.fail_reason ?? ''}`);
       catalog.transition(b.id, ['creating'], 'error', { owner: null, fail_reason: outcome.fail_reason ?? `ended ${outcome.status} on node ${outcome.node}` });
       catalog.unregisterWriter(b.id);
       q.end(job.id, outcome.status === 'cancelled' ? 'cancelled' : 'error', outcome.fail_reason);

@@ -111,3 +111,21 @@ export async function until<T>(f: () => T | Promise<T>, timeoutMs = 20_000, what
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/** produces raw messages to a topic and waits for their delivery reports */
+export async function produceRaw(brokers: string, topic: string, messages: { key: string; value: Buffer }[]): Promise<void> {
+  const Kafka = await rdkafka();
+  const p = new Kafka.Producer({ 'bootstrap.servers': brokers, dr_cb: true, log_level: 3 } as never);
+  await new Promise<void>((resolve, reject) => p.connect({ timeout: 10_000 }, (err) => (err ? reject(err) : resolve())));
+  p.setPollInterval(20);
+  let pending = messages.length;
+  const done = new Promise<void>((resolve, reject) => {
+    p.on('delivery-report', (err) => {
+      if (err) reject(new Error(err.message));
+      else if (--pending === 0) resolve();
+    });
+  });
+  for (const m of messages) p.produce(topic, null, m.value, m.key, Date.now());
+  await done;
+  await new Promise<void>((r) => p.disconnect(() => r()));
+}

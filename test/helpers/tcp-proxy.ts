@@ -30,6 +30,7 @@ export class TcpProxy {
   private faultsLeft = 0;
   private mode: FaultMode = 'reset-on-connect';
   private cutAfterBytes = 100;
+  private held = false;
   port = 0;
 
   private constructor(private readonly targetHost: string, private readonly targetPort: number) {
@@ -63,6 +64,24 @@ export class TcpProxy {
     return this.faultsLeft;
   }
 
+  /**
+   * Holds all traffic, both ways, on open and new connections (the kernel buffers it) until
+   * release(): whatever the client does through the proxy is stopped at a known point.
+   */
+  hold(): void {
+    this.held = true;
+    for (const s of this.sockets) s.pause();
+  }
+
+  release(): void {
+    this.held = false;
+    for (const s of this.sockets) s.resume();
+  }
+
+  get holding(): boolean {
+    return this.held;
+  }
+
   /** Resets every open connection (kept-alive ones included). */
   dropAll(): void {
     for (const s of this.sockets) s.resetAndDestroy();
@@ -77,6 +96,7 @@ export class TcpProxy {
 
   private track(s: net.Socket): void {
     this.sockets.add(s);
+    if (this.held) s.pause();
     s.on('close', () => this.sockets.delete(s));
     s.on('error', () => {});
   }
@@ -114,7 +134,9 @@ export class TcpProxy {
       if (cutting < 0 && this.takeFault('cut-response')) cutting = this.cutAfterBytes;
       if (!upstream.write(d)) {
         client.pause();
-        upstream.once('drain', () => client.resume());
+        upstream.once('drain', () => {
+          if (!this.held) client.resume();
+        });
       }
     });
     upstream.on('data', (d: Buffer) => {
@@ -131,7 +153,9 @@ export class TcpProxy {
       }
       if (!client.write(d)) {
         upstream.pause();
-        client.once('drain', () => upstream.resume());
+        client.once('drain', () => {
+          if (!this.held) upstream.resume();
+        });
       }
     });
     client.on('end', () => upstream.end());

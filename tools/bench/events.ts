@@ -2,7 +2,7 @@
  * Suite `events`: events per second into the embedded event log (emit → one line appended,
  * the way every job, export and GC emits), and into Kafka (emit → delivery report, through
  * the log-shipping sink, against tools/kafka's broker on 127.0.0.1), in interleaved rounds,
- * median with min and max. BENCH_QUICK=1: one round of fewer events.
+ * median with min and max; and job dispatch latency (dispatch.ts). BENCH_QUICK=1: one round of fewer events.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -13,6 +13,7 @@ import { EventLog } from '../../gateway/events/log.js';
 import { KafkaSink } from '../../gateway/events/kafka.js';
 import type { Row } from './core.js';
 import { ROUNDS, Samples } from './stats.js';
+import { benchDispatch } from './dispatch.js';
 
 const KAFKA_SH = fileURLToPath(new URL('../../../tools/kafka/kafka.sh', import.meta.url));
 const N = process.env.BENCH_QUICK === '1' ? 10_000 : 100_000;
@@ -61,6 +62,7 @@ export async function benchEvents(work: string): Promise<Row[]> {
       const b = await intoKafka(dir, brokers, r);
       samples.rate('blockgate', 'events/s into Kafka', N / b, b);
     }
+    await benchDispatch(work, brokers, Math.max(3, ROUNDS * 3), samples);
   } finally {
     execFileSync('bash', [KAFKA_SH, 'down', kdir]);
     fs.rmSync(dir, { recursive: true, force: true });

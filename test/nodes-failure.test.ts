@@ -1,0 +1,135 @@
+/**
+ * Failures of a cluster of nodes: a node SIGKILLed while it runs a backup — within the
+ * heartbeat timeout its backup ends `error` naming the lost node (or had completed), the jobs
+ * queued behind it run elsewhere, nothing stays `creating`, every available backup restores
+ * bit-exact, and the killed node restarts and lists everything. Bad input on the jobs topic
+ * (garbage, unknown kinds, duplicates, a stale job of a deleted backup) is skipped with a log
+ * line: no crash, no second run.
+ */
+import test from 'ava';
+import fs from 'node:fs';
+import path from 'node:path';
+import { randomFillSync, randomUUID } from 'node:crypto';
+import { cli, cliJson, mixedContent, sha } from './helpers/core.js';
+import { CS, type Cluster, startCluster } from './helpers/cluster.js';
+import { consumeUntil, produceRaw, until } from './helpers/kafka.js';
+
+const TIMEOUT_MS = 3000;
+
+async function volumes(t: { is(a: unknown, b: unknown): void }, c: Cluster, n: number, mib: number, random = false): Promise<{ id: string; sha: string }[]> {
+  const out: { id: string; sha: string }[] = [];
+  for (let i = 0; i < n; i++) {
+    const data = random ? randomFillSync(Buffer.alloc(mib * 1024 * 1024)) : mixedContent(mib * 1024 * 1024, CS, i + 7);
+    const file = path.join(c.shared, `w${i}.img`);
+    fs.writeFileSync(file, data);
+    const v = await cliJson<{ id: string; project_id: string }>(c.dirs.a!, ['volume', 'create', '--name', `w${i}`, '--file', file]);
+    if (i === 0) t.is((await c.api('a', 'PUT', `/os-quota-sets/${v.project_id}`, { quota_set: { backups: 100, backup_gigabytes: 1000 } })).status, 200);
+    out.push({ id: v.id, sha: sha(data) });
+  }
+  return out;
+}
+
+async function submit(c: Cluster, vols: { id: string }[]): Promise<string[]> {
+  const ids: string[] = [];
+  for (const [i, v] of vols.entries()) {
+    const r = await c.api<{ backup: { id: string } }>('a', 'POST', '/backups', { backup: { volume_id: v.id, name: `k${i}` } });
+    if (r.status !== 202) throw new Error(JSON.stringify(r.body));
+    ids.push(r.body.backup.id);
+  }
+  return ids;
+}
+
+const statuses = async (c: Cluster, n: string) => new Map((await cliJson<{ id: string; status: string; fail_reason: string | null }[]>(c.dirs[n]!, ['backup', 'list'])).map((b) => [b.id, b]));
+const shown = async (c: Cluster, n: string, id: string) => (await cliJson<{ status: string }>(c.dirs[n]!, ['backup', 'show', id])).status;
+
+test.serial('a node SIGKILLed mid-backup: its backup ends error naming it, the rest run elsewhere, nothing stays creating, it restarts and catches up', async (t) => {
+  const c = await startCluster(t, ['a', 'b', 'c'], { nodeTimeoutMs: TIMEOUT_MS });
+  await until(async () => Object.values(await c.services('a')).filter((s) => s === 'up').length === 3, 30_000, 'three nodes up');
+  const vols = await volumes(t, c, 4, 48, true);
+  const ids = await submit(c, vols);
+  // the first backup that b or c starts: kill that node while it runs
+  const start = await until(async () => {
+    for (const n of ['b', 'c']) {
+      const e = (await c.events(n, 'backup.create.*')).find((x, _, all) => x.type === 'backup.create.start' && !all.some((y) => y.resource === x.resource && y.type !== x.type));
+      if (e) return e;
+    }
+    return undefined;
+  }, 60_000, 'a backup running on b or c');
+  const victim = start.node;
+  const wasDone = (await statuses(c, victim)).get(start.resource)?.status === 'available';
+  await c.daemons[victim]!.stop('SIGKILL');
+  const killedAt = Date.now();
+  t.log(`killed ${victim} while it ran ${start.resource}${wasDone ? ' (it had just completed)' : ''}`);
+
+  // within the bound, the backup the killed node ran settles on a
+  await until(async () => ['available', 'error'].includes((await statuses(c, 'a')).get(start.resource)?.status ?? ''), 4 * TIMEOUT_MS + 20_000, "the killed node's backup settled on a");
+  t.log(`its backup settled on a ${Date.now() - killedAt} ms after the kill (node timeout ${TIMEOUT_MS} ms, consumer session 4000 ms)`);
+  // and every other one too: available, or error naming the lost node
+  const settled = await until(async () => {
+    const s = await statuses(c, 'a');
+    return ids.every((id) => ['available', 'error'].includes(s.get(id)?.status ?? '')) ? s : null;
+  }, 90_000, 'every backup settled on a').catch(async (e: Error) => {
+    const s = await statuses(c, 'a');
+    t.log(JSON.stringify([...s.values()].map((b) => [b.id, b.status, b.fail_reason])));
+    for (const n of ['a', 'c']) t.log(n, JSON.stringify((await c.events(n, 'backup.create.*')).map((x) => [x.resource.slice(0, 8), x.type, x.payload.percent])));
+    for (const n of ['a', 'b', 'c']) t.log(n, c.daemons[n]!.log.filter((l) => /job-|cluster|follow|adopt|kafka/.test(l)).join('\n'));
+    throw e;
+  });
+  t.log(`settled ${Date.now() - killedAt} ms after the kill`);
+  const victimBackup = settled.get(start.resource)!;
+  if (victimBackup.status === 'error') t.regex(victimBackup.fail_reason ?? '', new RegExp(`node ${victim} was lost`));
+  const available = ids.filter((id) => settled.get(id)!.status === 'available');
+  t.true(available.length >= ids.length - 2, `at most the killed node's running jobs failed: ${available.length} of ${ids.length} available`);
+  t.false([...settled.values()].some((b) => b.status === 'creating'), 'nothing left creating on a');
+
+  // the killed node restarts, settles its own copy, and lists everything as a does
+  await c.start(victim);
+  const mine = await until(async () => {
+    const s = await statuses(c, victim);
+    return available.every((id) => s.get(id)?.status === 'available') && ![...s.values()].some((b) => b.status === 'creating') ? s : null;
+  }, 30_000, `${victim} lists every available backup and nothing creating`);
+  t.truthy(mine);
+  // every available backup restores bit-exact on the restarted node
+  for (const id of available) {
+    const i = ids.indexOf(id);
+    const r = await cli(c.dirs[victim]!, ['backup', 'restore', id, '--name', `r${i}`]);
+    t.is(r.code, 0, r.stderr);
+    t.is(sha(fs.readFileSync(path.join(c.dirs[victim]!, 'volumes', `r${i}.img`))), vols[i]!.sha, `${id} restored on ${victim}`);
+    fs.rmSync(path.join(c.dirs[victim]!, 'volumes', `r${i}.img`));
+  }
+});
+
+test.serial('bad input on the jobs topic: garbage, unknown kinds, duplicates and a stale job of a deleted backup are skipped with a log line, never run twice', async (t) => {
+  const c = await startCluster(t, ['a', 'b']);
+  await until(async () => Object.values(await c.services('a')).filter((s) => s === 'up').length === 2, 30_000, 'two nodes up');
+  const vols = await volumes(t, c, 2, 1);
+  const ids = await submit(c, vols);
+  for (const n of ['a', 'b']) await until(async () => [...(await statuses(c, n)).values()].filter((b) => ids.includes(b.id) && b.status === 'available').length === 2, 60_000, `${n} lists both available`);
+  const jobs = await consumeUntil(c.brokers, c.topics.jobsTopic, (m) => m.length >= 2, 20_000);
+  t.is(jobs.length, 2);
+  // b's backup 0 deleted: its job message is now stale
+  t.is((await cli(c.dirs.a!, ['backup', 'delete', ids[0]!])).code, 0);
+  await until(async () => (await shown(c, 'b', ids[0]!)) === 'deleted', 20_000, 'b follows the delete');
+  const before = { a: await statuses(c, 'a'), b: await statuses(c, 'b') };
+  await produceRaw(c.brokers, c.topics.jobsTopic, [
+    { key: 'x', value: Buffer.from('not json at all \u0000\u00ff') },
+    { key: 'y', value: Buffer.from(JSON.stringify({ kind: 'blockgate-job', job: { kind: 'format-disk', id: randomUUID() } })) },
+    { key: 'z', value: Buffer.from(JSON.stringify({ hello: 'world' })) },
+    { key: String(jobs[1]!.key), value: jobs[1]!.value! }, // a duplicate of a job that ran
+    { key: String(jobs[0]!.key), value: jobs[0]!.value! }, // the stale job of the deleted backup
+  ]);
+  const skipped = (n: string) => c.daemons[n]!.log.filter((l) => l.includes('"event":"job-skipped"'));
+  await until(() => skipped('a').length + skipped('b').length >= 5, 30_000, 'five skip lines');
+  const lines = [...skipped('a'), ...skipped('b')].map((l) => JSON.parse(l) as { reason: string });
+  t.is(lines.filter((l) => /not a blockgate backup job/.test(l.reason)).length, 3);
+  t.is(lines.filter((l) => /already ended/.test(l.reason)).length, 2);
+  for (const n of ['a', 'b']) t.is(c.daemons[n]!.child.exitCode, null, `${n} still runs`);
+  // nothing ran again: one start event per backup, the deleted one stays deleted, the catalogs are as before
+  const events = await consumeUntil(c.brokers, c.topics.eventsTopic, () => false, 3000);
+  for (const id of ids) t.is(events.filter((m) => String(m.key) === id && /"backup\.create\.start"/.test(m.value!.toString())).length, 1, `${id} started once`);
+  for (const n of ['a', 'b'] as const) {
+    const now = await statuses(c, n);
+    t.deepEqual(ids.map((id) => now.get(id)?.status), ids.map((id) => before[n].get(id)?.status));
+  }
+  for (const n of ['a', 'b']) t.is(await shown(c, n, ids[0]!), 'deleted', `the stale job did not bring it back on ${n}`);
+});
