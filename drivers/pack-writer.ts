@@ -27,7 +27,7 @@ export class PackWriter {
   private readonly puts = new Set<Promise<void>>();
   private readonly written: WrittenPack[] = [];
   private failure: unknown;
-  /** buffers of packs already stored, for the next packs */
+  /** the buffer of a pack already stored, for the next pack (one kept: memory is two packs and this one) */
   private readonly spare: Buffer[] = [];
   /** packs put so far */
   packCount = 0;
@@ -74,7 +74,7 @@ export class PackWriter {
       .then(() => {
         this.written.push(done);
         this.packCount++;
-        if (this.spare.length < 2) this.spare.push(b.buffer);
+        if (!this.spare.length) this.spare.push(b.buffer);
       })
       .catch((e: unknown) => {
         this.failure ??= e;

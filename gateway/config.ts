@@ -8,6 +8,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { DEFAULT_CHUNK, checkChunkSize } from '../drivers/chunk.js';
 import { type CodecName, parseCodec } from '../drivers/codec.js';
+import { checkPackSize } from '../drivers/pack.js';
 import type { S3StoreOptions } from '../drivers/store/s3.js';
 import { type NbdAccessRule, validateRule } from './exports/access.js';
 import { checkName } from './names.js';
@@ -95,6 +96,7 @@ function validateCore(raw: Record<string, unknown>, base: ApplianceConfig, where
   try {
     if (raw.chunkSize !== undefined) out.chunkSize = checkChunkSize(wholeNumber(raw.chunkSize, 'chunkSize', 1, 2 ** 31, true));
     if (raw.codec !== undefined) out.codec = parseCodec(String(raw.codec));
+    if (raw.packSize !== undefined) out.packSize = raw.packSize === 0 ? 0 : checkPackSize(wholeNumber(raw.packSize, 'packSize', 1, 2 ** 30, true));
     if (raw.cacheBytes !== undefined) out.cacheBytes = wholeNumber(raw.cacheBytes, 'cacheBytes', 0, 2 ** 44, true);
     if (raw.pipelineDepth !== undefined) out.pipelineDepth = wholeNumber(raw.pipelineDepth, 'pipelineDepth', 1, 1024);
     if (raw.workers !== undefined) out.workers = wholeNumber(raw.workers, 'workers', 1, 256);

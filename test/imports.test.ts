@@ -34,3 +34,8 @@ test('the cycle finder finds a cycle (self-check on a made-up graph)', (t) => {
 test('blockdev/ imports nothing of ours outside blockdev/', (t) => {
   t.deepEqual(crossImports(graph, (m) => m.startsWith('blockdev/'), '').filter(([, d]) => !d.startsWith('blockdev/')), []);
 });
+
+test('outside nbd/, only the daemon that starts the server imports nbd/ (types aside)', (t) => {
+  const app = (m: string) => !m.startsWith('nbd/') && !m.startsWith('test/') && !m.startsWith('tools/');
+  t.deepEqual(crossImports(graph, app, 'nbd/'), [['gateway/daemon.ts', 'nbd/server.ts']]);
+});

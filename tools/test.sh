@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 bash tools/setup.sh --test || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
-if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+# (a node_modules that is a symlink is shared with another checkout: never wiped from here)
+if [ ! -d node_modules ] || { [ ! -L node_modules ] && [ package-lock.json -nt node_modules/.package-lock.json ]; }; then
   npm ci --no-audit --no-fund || { echo "npm ci failed"; echo "0 passed, 1 failed"; exit 1; }
 fi
 npm run build --silent || { echo "build failed"; echo "0 passed, 1 failed"; exit 1; }

@@ -65,18 +65,24 @@ export class BackupDevice implements BlockDevice {
       const start = offset - first * cs;
       return data ? data.subarray(start, start + length) : Buffer.alloc(length);
     }
-    const out = Buffer.alloc(length);
     if (this.chunks.readMany) {
       // the blocks of the range together: neighbours in a pack are one range read
       const blocks = await this.blocks(first, last);
+      // every byte is written below: a block's data, or zeroes where the map has a hole
+      const out = Buffer.allocUnsafe(length);
+      let pos = offset;
       for (const [i, data] of blocks) {
         const cStart = i * cs;
         const from = Math.max(offset, cStart);
+        if (from > pos) out.fill(0, pos - offset, from - offset);
         const to = Math.min(offset + length, cStart + data.length);
         data.copy(out, from - offset, from - cStart, to - cStart);
+        pos = to;
       }
+      if (pos < offset + length) out.fill(0, pos - offset);
       return out;
     }
+    const out = Buffer.alloc(length);
     const parts: Promise<void>[] = [];
     for (let i = first; i <= last; i++) {
       parts.push(
@@ -110,10 +116,22 @@ export class BackupDevice implements BlockDevice {
     });
   }
 
+  /** blocks below this were asked for by read-ahead already */
+  private prefetchedTo = 0;
+
+  /** read-ahead from block `from`: tops the window up once less than half of it is left ahead */
   private prefetch(from: number): void {
     const count = Math.ceil(this.size / this.chunkSize);
-    const to = Math.min(count, from + this.readAhead) - 1;
-    if (to < from) return;
+    const end = Math.min(count, from + this.readAhead);
+    let start = from;
+    if (this.prefetchedTo > from && this.prefetchedTo <= end) {
+      if (this.prefetchedTo - from >= this.readAhead / 2) return;
+      start = this.prefetchedTo;
+    }
+    if (start >= end) return;
+    this.prefetchedTo = end;
+    from = start;
+    const to = end - 1;
     if (this.chunks.readMany) {
       this.blocks(from, to).catch(() => undefined);
       return;

@@ -107,6 +107,11 @@ export class VerifyCache {
 
   constructor(readonly maxEntries = 250_000) {}
 
+  /** a result is known or being found */
+  has(key: string): boolean {
+    return this.results.has(key) || this.inflight.has(key);
+  }
+
   async get(key: string, check: () => Promise<ChunkResult>): Promise<ChunkResult> {
     const hit = this.results.get(key);
     if (hit) return hit;
@@ -264,6 +269,8 @@ async function verifyHeld(app: Appliance, b: BackupRecord, opts: VerifyOptions):
       return r;
     });
 
+  /** plaintexts read ahead for a page's blocks (packed repositories), taken by inspectChunk */
+  const prefetched = new Map<string, Promise<Buffer | Error>>();
   /** a pack's size in the repository (null: missing), asked once per pack in a run */
   const packSize = (id: string): Promise<number | null> => {
     let p = cache.packSizes.get(id);
@@ -288,7 +295,11 @@ async function verifyHeld(app: Appliance, b: BackupRecord, opts: VerifyOptions):
       return { error, n: error ? -1 : info!.n, indexed };
     }
     try {
-      const plain = await reader.read(d);
+      const pre = prefetched.get(d);
+      prefetched.delete(d);
+      const got = pre ? await pre : await reader.read(d);
+      if (got instanceof Error) throw got;
+      const plain = got;
       cache.bytesRead += info?.s ?? plain.length + CHUNK_HEADER;
       return { error: null, n: plain.length, indexed };
     } catch (e) {
@@ -325,12 +336,26 @@ async function verifyHeld(app: Appliance, b: BackupRecord, opts: VerifyOptions):
       opts.onProgress?.(Math.min(b.size_bytes, p * PAGE_ENTRIES * b.chunk_size), b.size_bytes);
       if (!page) continue;
       const last = Math.min(chunkCount, (p + 1) * PAGE_ENTRIES);
+      const todo: { block: number; digest: string }[] = [];
       for (let i = p * PAGE_ENTRIES; i < last; i++) {
         const off = (i - p * PAGE_ENTRIES) * DIGEST_BYTES;
         const e = page.subarray(off, off + DIGEST_BYTES);
         if (e.every((x) => x === 0)) continue;
-        yield { block: i, digest: e.toString('hex') };
+        todo.push({ block: i, digest: e.toString('hex') });
       }
+      // a packed repository: the page's blocks not checked yet are read together (neighbours in a pack: one range read)
+      if (repo.packed && !opts.quick) {
+        const want = [...new Set(todo.map((x) => x.digest))].filter((d) => !cache.has(`c:${d}`) && !prefetched.has(d));
+        if (want.length > 1) {
+          const job = reader.readMany(want);
+          want.forEach((d, k) => {
+            const one = job.then((r) => r[k]!);
+            one.catch(() => undefined);
+            prefetched.set(d, one);
+          });
+        }
+      }
+      yield* todo;
     }
   }
 

@@ -26,7 +26,17 @@ export interface ClusterNode {
   stop(): Promise<void>;
 }
 
-export async function startNode(app: Appliance, log: NodeLog, load?: () => { workers: number; running: number }): Promise<ClusterNode> {
+export async function startNode(app: Appliance, rawLog: NodeLog, load?: () => { workers: number; running: number }): Promise<ClusterNode> {
+  // a broker outage makes every client report it: one warning per kind every 10 s
+  const last = new Map<string, number>();
+  const log: NodeLog = (level, fields, msg) => {
+    const kind = String(fields.event ?? '');
+    if (level === 'warn' && /-error$/.test(kind)) {
+      if (Date.now() - (last.get(kind) ?? 0) < 10_000) return;
+      last.set(kind, Date.now());
+    }
+    rawLog(level, fields, msg);
+  };
   const k = app.config.kafka;
   const name = app.events.node;
   const services = app.catalog.env.openDB<ServiceRecord, string>({ name: 'services' });

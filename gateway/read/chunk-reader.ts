@@ -163,7 +163,8 @@ export class CachedChunkReader implements ChunkReader {
     return p;
   }
 
-  async readMany(digests: string[]): Promise<(Buffer | Error)[]> {
+  readMany(digests: string[]): Promise<(Buffer | Error)[]> {
+    let all = true;
     const out: (Buffer | Error | Promise<Buffer>)[] = digests.map((d) => {
       const hit = this.cache.get(d);
       if (hit) {
@@ -172,8 +173,11 @@ export class CachedChunkReader implements ChunkReader {
         this.cache.set(d, hit);
         return hit;
       }
+      all = false;
       return this.inflight.get(d) ?? (undefined as unknown as Buffer);
     });
+    // all cached: no promise per block
+    if (all) return Promise.resolve(out as Buffer[]);
     const miss = [...new Set(digests.filter((_, k) => out[k] === undefined))];
     if (miss.length && this.inner.readMany) {
       this.misses += miss.length;

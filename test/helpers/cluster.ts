@@ -29,7 +29,7 @@ export interface Cluster {
   events(n: string, type?: string): Promise<BlockgateEvent[]>;
 }
 
-export async function startCluster(t: ExecutionContext, names: string[], kafka: Record<string, unknown> = {}): Promise<Cluster> {
+export async function startCluster(t: ExecutionContext, names: string[], kafka: Record<string, unknown> = {}, brokerList?: string): Promise<Cluster> {
   const s3 = await getS3();
   const prefix = `nodes-${randomBytes(5).toString('hex')}`;
   const store = await S3Store.open({ endpoint: s3.endpoint, region: s3.region, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey, bucket: BUCKET, createBucket: true });
@@ -46,7 +46,7 @@ export async function startCluster(t: ExecutionContext, names: string[], kafka: 
   const root = tmpDir(t);
   const shared = path.join(root, 'shared');
   fs.mkdirSync(shared);
-  const brokers = sharedBrokers();
+  const brokers = brokerList ?? sharedBrokers();
   const topics = { eventsTopic: uniqueTopic('ev'), jobsTopic: uniqueTopic('jobs'), nodesTopic: uniqueTopic('nodes') };
   const dirs: Record<string, string> = {};
   for (const n of names) {

@@ -48,18 +48,21 @@ export async function startDaemon(t: ExecutionContext, dataDir: string, extra: s
   const child = spawn(process.execPath, [CLI, '--data-dir', dataDir, 'serve', '--nbd-port', '0', '--nbd-socket', socket, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
   const log: string[] = [];
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  const port = await waitListening(child, log);
+  const kill = (signal: NodeJS.Signals) => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    return exited;
+  };
+  // torn down even when it never says it listens (no orphan daemon after a failed start)
+  t.teardown(() => kill('SIGKILL'));
+  // a bound on a start that hangs, generous for a loaded machine (not a timing assertion)
+  const port = await waitListening(child, log, 60_000);
   const d: RunningDaemon = {
     child,
     port,
     socket,
     log,
     uri: (name) => `nbd://127.0.0.1:${port}/${name}`,
-    stop: async (signal = 'SIGTERM') => {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      return exited;
-    },
+    stop: async (signal = 'SIGTERM') => kill(signal),
   };
-  t.teardown(() => d.stop('SIGKILL'));
   return d;
 }

@@ -1,7 +1,7 @@
 /**
  * Block devices for NBD tests: a sparse in-memory device (pages; absent pages are holes that
  * read as zeroes) with switchable optional members and call counters, and a file-backed
- * read-only device. Both implement nbd/blockdev.ts's BlockDevice and nothing else.
+ * read-only device. Both implement blockdev/types.ts's BlockDevice and nothing else.
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { BlockDeviceError, type BlockDevice, type BlockSizes, type Extent, type ZeroOptions } from '../../blockdev/types.js';
