@@ -111,7 +111,10 @@ function validateCore(raw: Record<string, unknown>, base: ApplianceConfig, where
       if (typeof r.path !== 'string' || r.path === '' || r.path.includes('\0')) throw new Error(`${at('repository.path')} must be a directory name`);
     } else if (r.driver === 's3') {
       if (typeof r.bucket !== 'string') throw new Error(`${at('repository.bucket')} must be a bucket name`);
-    } else throw new Error(`${at('repository.driver')} must be "dir" or "s3", not ${JSON.stringify(r.driver)}`);
+    } else if (typeof r.driver !== 'string' || !/^[a-z][a-z0-9-]{0,31}$/.test(r.driver)) {
+      // other drivers register themselves (registerStoreDriver); an unknown one is refused when opened
+      throw new Error(`${at('repository.driver')} must be a driver name such as "dir" or "s3", not ${JSON.stringify(r.driver)}`);
+    }
   }
   const i = raw.instant;
   if (i !== undefined) {
