@@ -43,7 +43,7 @@ test('no daemon: --instant says how to start one and changes nothing', async (t)
 test('one restore into a volume at a time; list and show report progress; cancel leaves the volume error_restoring', async (t) => {
   const { data } = await setup(t);
   const d = await startDaemon(t, data);
-  const s = await bgJson<SessionJson>(data, ['backup', 'restore', 'full', 'tgt', '--instant', '--copy-rate', '256K', '--copy-concurrency', '1']);
+  const s = await bgJson<SessionJson>(data, ['backup', 'restore', 'full', 'tgt', '--instant', '--copy-rate', '64K', '--copy-concurrency', '1']);
   t.is(s.status, 'running');
 
   // a second restore into the same volume, instant or plain, is refused clearly
