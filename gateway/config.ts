@@ -85,6 +85,15 @@ function wholeNumber(v: unknown, key: string, min: number, max: number, size = f
   return v;
 }
 
+/** runs a check, prefixing its error with the file it read */
+function inFile<T>(where: string, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    throw new Error(`${where}: ${(e as Error).message}`);
+  }
+}
+
 /**
  * The top-level keys of blockgate.json and the instant section, checked over their defaults;
  * errors name the file and the key. Sections with their own validators (nbd, kafka, events,
@@ -203,17 +212,8 @@ export function validateEventsAndNodes(raw: Record<string, unknown>, where: stri
     return v as Record<string, unknown>;
   };
   const int = (r: Record<string, unknown>, key: string, def: number, min: number, max: number, size = false): number => {
-    let v = r[key.split('.').pop()!];
-    if (v === undefined) return def;
-    if (size && typeof v === 'string') {
-      try {
-        v = parseSize(v);
-      } catch (e) {
-        throw new Error(`${where}: ${key}: ${(e as Error).message}`);
-      }
-    }
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new Error(`${where}: ${key} must be a whole number from ${min} to ${max}`);
-    return v;
+    const v = r[key.split('.').pop()!];
+    return v === undefined ? def : inFile(where, () => wholeNumber(v, key, min, max, size));
   };
   let node: string | undefined;
   if (raw.node !== undefined) {
@@ -290,17 +290,8 @@ export function validateNbd(raw: unknown, base: NbdConfig, dataDir: string, wher
     return v;
   };
   const int = (k: string, min: number, max: number, size = false): number | undefined => {
-    let v = r[k];
-    if (v === undefined) return undefined;
-    if (size && typeof v === 'string') {
-      try {
-        v = parseSize(v);
-      } catch (e) {
-        throw new Error(`${where}: nbd.${k}: ${(e as Error).message}`);
-      }
-    }
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new Error(`${where}: nbd.${k} must be a whole number from ${min} to ${max}${size ? ' (or a size such as "64M")' : ''}`);
-    return v;
+    const v = r[k];
+    return v === undefined ? undefined : inFile(where, () => wholeNumber(v, `nbd.${k}`, min, max, size));
   };
   out.host = str('host') ?? out.host;
   out.socket = str('socket') ?? out.socket;
