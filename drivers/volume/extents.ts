@@ -8,6 +8,7 @@
  * information and every byte is read (correct, only slower): `dataExtents` then yields the
  * whole file as one extent.
  */
+import fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 
@@ -37,7 +38,15 @@ while off < end:
 out.flush()
 `;
 
+// Debian's interpreter by its path: a `python3` found first on PATH may be a shim that runs a shell per call
+let python = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
 let helperMissing = false;
+
+/** the interpreter that runs the helper (tests: one that does not exist) */
+export function useHoleHelper(interpreter: string): void {
+  python = interpreter;
+  helperMissing = false;
+}
 
 /**
  * The data extents of the regular file at `path` of `size` bytes, ascending. A file that
@@ -49,7 +58,7 @@ export async function* dataExtents(path: string, size: number): AsyncGenerator<D
     if (size > 0) yield { start: 0, end: size };
     return;
   }
-  const child = spawn('python3', ['-c', HELPER, path], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(python, ['-c', HELPER, path], { stdio: ['ignore', 'pipe', 'pipe'] });
   child.stderr.resume(); // a failure shows as its exit status; the rest of the file is then read as data
   const spawned = new Promise<boolean>((resolve) => {
     child.once('spawn', () => resolve(true));
