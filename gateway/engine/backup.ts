@@ -7,6 +7,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { ConflictError, ownerHere } from '../../catalog/catalog.js';
+import { commitBatched, commitDurably } from '../../catalog/commit.js';
 import { MapBuilder, MapReader, holePage, pageEntriesFor } from '../../catalog/blockmap.js';
 import { encodeManifest } from '../../catalog/manifest.js';
 import { type BackupRecord, now, sizeGiB } from '../../catalog/records.js';
@@ -141,7 +142,8 @@ export async function runBackup(app: Appliance, rec: BackupRecord, progress?: Pr
     if ((await readEpoch(store)) !== epoch) {
       throw new Error('a garbage collection of the repository started while this backup was written (its lease had expired); nothing was committed, back up again');
     }
-    const committed = catalog.commitBackup(done.rec, done.root);
+    // batched with other commits, off the event loop; on disk before the backup is reported available
+    const committed = await commitDurably(catalog.env, () => catalog.commitBackup(done.rec, done.root));
     await source?.commit(parent?.change_token ?? null);
     return committed;
   } catch (e) {
@@ -156,7 +158,7 @@ export async function runBackup(app: Appliance, rec: BackupRecord, progress?: Pr
     catalog.transition(rec.id, ['creating'], 'error', { fail_reason: reason, owner: null });
     throw e;
   } finally {
-    catalog.unregisterWriter(rec.id);
+    await commitBatched(catalog.env, () => catalog.unregisterWriter(rec.id));
     await lease?.release().catch(() => undefined);
   }
 }

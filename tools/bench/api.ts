@@ -31,7 +31,9 @@ interface Daemon {
 }
 
 async function serve(data: string, env: NodeJS.ProcessEnv = {}): Promise<Daemon> {
-  const child = spawn(process.execPath, [CLI, '--data-dir', data, 'serve', '--nbd-port', '0', '--nbd-socket', '', '--api-port', '0', '--workers', '2'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
+  // BENCH_API_NODE_ARGS: node flags for the daemon (e.g. `--cpu-prof --cpu-prof-dir=DIR` to see where its time goes)
+  const nodeArgs = (process.env.BENCH_API_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const child = spawn(process.execPath, [...nodeArgs, CLI, '--data-dir', data, 'serve', '--nbd-port', '0', '--nbd-socket', '', '--api-port', '0', '--workers', '2'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
   const port = await new Promise<number>((resolve, reject) => {
     const log: string[] = [];
     createInterface({ input: child.stderr! }).on('line', (l) => {
