@@ -39,8 +39,9 @@ async function serve(data: string, env: NodeJS.ProcessEnv = {}): Promise<Daemon>
     createInterface({ input: child.stderr! }).on('line', (l) => {
       log.push(l);
       try {
-        const j = JSON.parse(l) as { event?: string; port?: number };
+        const j = JSON.parse(l) as { event?: string; port?: number; ms?: Record<string, number> };
         if (j.event === 'api-listening') resolve(j.port!);
+        if (j.event === 'backup-steps') console.error(`bench api: backup steps (ms): ${JSON.stringify(j.ms)}`);
       } catch {
         /* not JSON */
       }
@@ -170,7 +171,8 @@ async function rbdThroughApi(work: string, sizeMiB: number): Promise<Row[]> {
     await sh('rbd', ['import', '--no-progress', img, spec], env);
     fs.rmSync(img, { force: true });
     await sh(process.execPath, [CLI, '--data-dir', data, 'volume', 'create', '--name', 'rv', '--rbd', spec, '--ceph-conf', conf, '--project', 'bench'], env);
-    d = await serve(data, env);
+    // each backup's steps (snapshot, diff, chunks, counts, commit...) are reported
+    d = await serve(data, { ...env, BLOCKGATE_BACKUP_STEPS: '1' });
     const vol = ((await call(d, 'GET', '/v3/volumes/detail?name=rv')).json.volumes as { id: string }[])[0]!.id;
     const timed = async (incremental: boolean) => {
       const t = performance.now();
