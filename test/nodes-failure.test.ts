@@ -61,14 +61,19 @@ test.serial('a node SIGKILLed mid-backup: its backup ends error naming it, the r
   const killedAt = Date.now();
   t.log(`killed ${victim} while it ran ${start.resource}${wasDone ? ' (it had just completed)' : ''}`);
 
-  // within the bound, the backup the killed node ran settles on a
-  await until(async () => ['available', 'error'].includes((await statuses(c, 'a')).get(start.resource)?.status ?? ''), 4 * TIMEOUT_MS + 20_000, "the killed node's backup settled on a");
-  t.log(`its backup settled on a ${Date.now() - killedAt} ms after the kill (node timeout ${TIMEOUT_MS} ms, consumer session 4000 ms)`);
+  const victimLog = c.daemons[victim]!.log;
+  const survivors = ['a', 'b', 'c'].filter((n) => n !== victim);
+  t.teardown(() => {
+    if (process.env.BG_DUMP) for (const [n, l] of [...Object.entries(c.daemons).map(([n, d]) => [n, d.log] as const), [`${victim}-killed`, victimLog] as const]) fs.writeFileSync(`${process.env.BG_DUMP}-${n}.log`, l.join('\n'));
+  });
+  // the killed node's backup settles on a (a generous bound for a loaded machine; the time is logged, not asserted)
+  await until(async () => ['available', 'error'].includes((await statuses(c, 'a')).get(start.resource)?.status ?? ''), 120_000, "the killed node's backup settled on a");
+  t.log(`its backup settled on a ${Date.now() - killedAt} ms after the kill (node timeout ${TIMEOUT_MS} ms)`);
   // and every other one too: available, or error naming the lost node
   const settled = await until(async () => {
     const s = await statuses(c, 'a');
     return ids.every((id) => ['available', 'error'].includes(s.get(id)?.status ?? '')) ? s : null;
-  }, 90_000, 'every backup settled on a').catch(async (e: Error) => {
+  }, 180_000, 'every backup settled on a').catch(async (e: Error) => {
     const s = await statuses(c, 'a');
     t.log(JSON.stringify([...s.values()].map((b) => [b.id, b.status, b.fail_reason])));
     for (const n of ['a', 'c']) t.log(n, JSON.stringify((await c.events(n, 'backup.create.*')).map((x) => [x.resource.slice(0, 8), x.type, x.payload.percent])));
@@ -76,8 +81,19 @@ test.serial('a node SIGKILLed mid-backup: its backup ends error naming it, the r
     throw e;
   });
   t.log(`settled ${Date.now() - killedAt} ms after the kill`);
+  const lostLine = [...survivors.flatMap((n) => c.daemons[n]!.log)].map((l) => JSON.parse(l) as { event?: string; time?: number; node?: string }).find((l) => l.event === 'job-lost-node' && l.node === victim);
+  if (lostLine?.time) t.log(`a survivor ended the killed node's job ${lostLine.time - killedAt} ms after the kill`);
   const victimBackup = settled.get(start.resource)!;
-  if (victimBackup.status === 'error') t.regex(victimBackup.fail_reason ?? '', new RegExp(`node ${victim} was lost`));
+  if (victimBackup.status === 'error') {
+    t.regex(victimBackup.fail_reason ?? '', new RegExp(`node ${victim} was lost`));
+    // a survivor ended it and said so: its backup.create.error events name the lost node
+    const errors = (await Promise.all(survivors.map((n) => c.events(n, 'backup.create.error')))).flat().filter((e) => e.resource === start.resource);
+    t.true(errors.length >= 1 && errors.every((e) => new RegExp(`node ${victim} was lost`).test(String(e.payload.fail_reason))), JSON.stringify(errors));
+    t.false(errors.some((e) => e.node === victim), 'the killed node did not end it');
+  }
+  // it never ran a second time: no node other than the killed one started it
+  const starts = (await Promise.all(survivors.map((n) => c.events(n, 'backup.create.start')))).flat().filter((e) => e.resource === start.resource);
+  t.is(starts.length, 0, `the killed node's backup was not run again: ${JSON.stringify(starts.map((e) => e.node))}`);
   const available = ids.filter((id) => settled.get(id)!.status === 'available');
   t.true(available.length >= ids.length - 2, `at most the killed node's running jobs failed: ${available.length} of ${ids.length} available`);
   t.false([...settled.values()].some((b) => b.status === 'creating'), 'nothing left creating on a');
@@ -87,7 +103,7 @@ test.serial('a node SIGKILLed mid-backup: its backup ends error naming it, the r
   const mine = await until(async () => {
     const s = await statuses(c, victim);
     return available.every((id) => s.get(id)?.status === 'available') && ![...s.values()].some((b) => b.status === 'creating') ? s : null;
-  }, 30_000, `${victim} lists every available backup and nothing creating`);
+  }, 120_000, `${victim} lists every available backup and nothing creating`);
   t.truthy(mine);
   // every available backup restores bit-exact on the restarted node
   for (const id of available) {
@@ -118,11 +134,17 @@ test.serial('bad input on the jobs topic: garbage, unknown kinds, duplicates and
     { key: String(jobs[1]!.key), value: jobs[1]!.value! }, // a duplicate of a job that ran
     { key: String(jobs[0]!.key), value: jobs[0]!.value! }, // the stale job of the deleted backup
   ]);
-  const skipped = (n: string) => c.daemons[n]!.log.filter((l) => l.includes('"event":"job-skipped"'));
-  await until(() => skipped('a').length + skipped('b').length >= 5, 30_000, 'five skip lines');
-  const lines = [...skipped('a'), ...skipped('b')].map((l) => JSON.parse(l) as { reason: string });
-  t.is(lines.filter((l) => /not a blockgate backup job/.test(l.reason)).length, 3);
-  t.is(lines.filter((l) => /already ended/.test(l.reason)).length, 2);
+  // a message read again after a rebalance is skipped again: each message (partition, offset) counts once
+  const skipLines = () => [...new Map(['a', 'b'].flatMap((n) => c.daemons[n]!.log.filter((l) => l.includes('"event":"job-skipped"'))).map((l) => JSON.parse(l) as { reason: string; partition: number; offset: number; job?: string }).map((l) => [`${l.partition}/${l.offset}`, l])).values()];
+  const garbage = () => skipLines().filter((l) => /not a blockgate backup job/.test(l.reason));
+  // each job's copy (not its first message, which a rebalance may also have given again) is skipped as ended
+  const copySkipped = (m: (typeof jobs)[number]) => {
+    const id = (JSON.parse(m.value!.toString()) as { job: { id: string } }).job.id;
+    return skipLines().some((l) => /already ended/.test(l.reason) && l.job === id && `${l.partition}/${l.offset}` !== `${m.partition}/${m.offset}`);
+  };
+  await until(() => garbage().length >= 3 && jobs.every(copySkipped), 30_000, 'the five messages skipped');
+  t.is(garbage().length, 3);
+  for (const m of jobs) t.true(copySkipped(m));
   for (const n of ['a', 'b']) t.is(c.daemons[n]!.child.exitCode, null, `${n} still runs`);
   // nothing ran again: one start event per backup, the deleted one stays deleted, the catalogs are as before
   // each backup's events share its key, so they are in order on one partition: once its end is read, its start was too

@@ -9,8 +9,15 @@
  * To claim, a node writes its claim, then lists the job's claims. It runs the job only if its
  * own is the only one. Two nodes cannot both win: each wrote before it listed, so whichever
  * listed second saw the other's claim. When both see both, both withdraw and retry after a
- * random pause. A claim whose node stopped renewing it (heartbeat older than the node timeout)
- * is a lost node's: the job is then ended by whoever finds it (the caller decides how).
+ * random pause. A claim is a lost node's only when both hold: it was not renewed for the node
+ * timeout, and its node is known dead (no heartbeat on the nodes topic for the node timeout, or
+ * a heartbeat from a new instance of it: a restart). A node that is merely slow to renew (a
+ * loaded machine, a slow repository) but still heartbeats keeps its job. A lost node's job is
+ * ended by whoever finds it (the caller decides how), at the latest by its submitting node,
+ * which looks at every job it forwarded each time its catalog follows the repository.
+ *
+ *   jobs/<job-id>/cancel.json          a request to cancel (a force-delete on another node): the
+ *                                      node running the job sees it when it renews its claim
  */
 import { randomBytes } from 'node:crypto';
 import type { ObjectStore } from '../../drivers/store/types.js';
@@ -19,6 +26,17 @@ export interface Claim {
   node: string;
   token: string;
   heartbeat: number;
+  /** the claiming process (its heartbeats' pid and start); a restarted node is a new instance */
+  instance?: string;
+}
+
+/** is this node (that instance of it, when given) alive now, by its heartbeats */
+export type Liveness = (node: string, instance?: string) => boolean;
+
+export interface CancelRequest {
+  reason: string;
+  node: string;
+  at: string;
 }
 
 export interface Outcome {
@@ -26,6 +44,8 @@ export interface Outcome {
   node: string;
   fail_reason: string | null;
   at: string;
+  /** the backup's status where it ran (`deleted`: cancelled by a force-delete) */
+  backup_status?: string;
 }
 
 export type ClaimResult = { won: true; claim: Claim } | { won: false; done: Outcome } | { won: false; busy: Claim } | { won: false; lost: Claim[] };
@@ -38,11 +58,45 @@ export class JobClaims {
     private readonly store: ObjectStore,
     private readonly node: string,
     private readonly timeoutMs: number,
+    private readonly instance?: string,
+    private readonly alive: Liveness = () => false,
   ) {}
 
-  async outcome(jobId: string): Promise<Outcome | null> {
+  /** how often a running job's claim is renewed: well within the timeout */
+  get renewMs(): number {
+    return Math.max(100, Math.min(1000, Math.floor(this.timeoutMs / 3)));
+  }
+
+  /** a claim is lost: not renewed for the node timeout, and its node (that instance of it) is not alive */
+  private lost(c: Claim): boolean {
+    return Date.now() - c.heartbeat >= this.timeoutMs && !this.alive(c.node, c.instance);
+  }
+
+  outcome(jobId: string): Promise<Outcome | null> {
+    return this.readJson<Outcome>(`${prefix(jobId)}done.json`);
+  }
+
+  /**
+   * The claims of a job that nobody runs any more: every claim on it is lost (none when it has
+   * none, or when any is live). The job may then be ended by the caller.
+   */
+  async lostClaims(jobId: string): Promise<Claim[]> {
+    const all = await this.claims(jobId);
+    return all.length && all.every((c) => this.lost(c)) ? all : [];
+  }
+
+  async requestCancel(jobId: string, reason: string): Promise<void> {
+    const r: CancelRequest = { reason, node: this.node, at: new Date().toISOString() };
+    await this.store.put(`${prefix(jobId)}cancel.json`, Buffer.from(JSON.stringify(r)));
+  }
+
+  async cancelRequest(jobId: string): Promise<CancelRequest | null> {
+    return this.readJson<CancelRequest>(`${prefix(jobId)}cancel.json`);
+  }
+
+  private async readJson<T>(name: string): Promise<T | null> {
     try {
-      return JSON.parse((await this.store.get(`${prefix(jobId)}done.json`)).toString()) as Outcome;
+      return JSON.parse((await this.store.get(name)).toString()) as T;
     } catch (e) {
       if ((e as { code?: string }).code === 'ENOENT' || /not ?found|NoSuchKey/i.test((e as Error).message)) return null;
       throw e;
@@ -71,7 +125,7 @@ export class JobClaims {
     for (let i = 0; i < attempts; i++) {
       const done = await this.outcome(jobId);
       if (done) return { won: false, done };
-      const mine: Claim = { node: this.node, token: randomBytes(12).toString('hex'), heartbeat: Date.now() };
+      const mine: Claim = { node: this.node, token: randomBytes(12).toString('hex'), heartbeat: Date.now(), ...(this.instance ? { instance: this.instance } : {}) };
       await this.put(jobId, mine);
       const others = (await this.claims(jobId)).filter((c) => c.token !== mine.token);
       if (!others.length) {
@@ -83,7 +137,7 @@ export class JobClaims {
         return { won: true, claim: mine };
       }
       await this.release(jobId, mine);
-      const live = others.filter((c) => Date.now() - c.heartbeat < this.timeoutMs);
+      const live = others.filter((c) => !this.lost(c));
       if (!live.length) return { won: false, lost: others };
       // someone else holds it (or is claiming it right now): back off, look again
       if (i === attempts - 1) return { won: false, busy: live[0]! };

@@ -48,6 +48,8 @@ export interface NodesFile {
   nodes: (Omit<NodeRow, 'status'> & { seen: number })[];
 }
 
+export const instanceOf = (pid: number, startedAt: string): string => `${pid}@${startedAt}`;
+
 export function parseHeartbeat(value: Buffer | null): Heartbeat | null {
   if (!value || value.length > 64 * 1024) return null;
   try {
@@ -176,6 +178,19 @@ export class Heartbeats {
   /** names of the nodes that are up now */
   upNodes(): Set<string> {
     return new Set(this.rows().filter((r) => r.status === 'up').map((r) => r.node));
+  }
+
+  /** this process as an instance of its node (what its job claims carry) */
+  get instance(): string {
+    return instanceOf(process.pid, this.startedAt);
+  }
+
+  /** the node is up now, and (when given) as that instance: a restarted node's old instance is dead */
+  alive(node: string, instance?: string): boolean {
+    if (node === this.opts.node) return !instance || instance === this.instance;
+    const s = this.seen.get(node);
+    if (!s || Date.now() - s.at >= this.timeoutMs) return false;
+    return !instance || instance === instanceOf(s.hb.pid, s.hb.started_at);
   }
 
   private save(): void {

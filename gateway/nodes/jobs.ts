@@ -10,7 +10,10 @@
  * is recorded, or that a live node holds, is skipped with a log line (a duplicate, a stale job
  * of a backup cancelled or deleted since, a redelivery) — so no job runs twice. A job whose
  * claim belongs to a node that stopped heartbeating (killed mid-job) is ended `error` with a
- * fail_reason naming the lost node. Garbage on the topic is logged and skipped.
+ * fail_reason naming the lost node (claims.ts says when a node counts as lost); its submitting
+ * node does the same for every job it forwarded, at each follow of the repository, so a lost
+ * job ends within the node timeout whether or not its message is delivered again. Garbage on
+ * the topic is logged and skipped.
  *
  * The node that takes a job made elsewhere copies the volume and backup records into its
  * catalog and runs it with the same handlers (events, progress). The submitting node learns
@@ -27,10 +30,11 @@ import type { Appliance } from '../appliance.js';
 import { type Adoption, adoptedRecord, commitAdoption, fetchPages } from '../engine/adopt.js';
 import { baseConfig, rdkafka } from '../events/kafka-client.js';
 import { safeDisconnect } from '../events/kafka.js';
+import { beginDelete } from '../engine/delete.js';
 import { backupPayload, endBackingUp } from '../jobs/handlers.js';
 import { type JobHandlers, type JobSpec, LocalJobQueue } from '../jobs/queue.js';
 import type { JobService } from '../jobs/service.js';
-import type { JobClaims, Outcome } from './claims.js';
+import type { Claim, JobClaims, Outcome } from './claims.js';
 
 export interface ClusterJobMessage {
   kind: 'blockgate-job';
@@ -66,8 +70,6 @@ export interface ClusterQueueOptions {
   node: string;
   sharedPaths: string[];
   claims: JobClaims;
-  /** the nodes that are up now (heartbeats) */
-  upNodes: () => Set<string>;
   log: (level: 'info' | 'warn', fields: Record<string, unknown>, msg: string) => void;
 }
 
@@ -129,14 +131,21 @@ export class ClusterJobQueue extends LocalJobQueue {
     this.pullLoop();
   }
 
-  override submit(spec: JobSpec): JobRecord {
+  /** a backup of a volume every node reaches is recorded as a cluster job (submit = record, then dispatch) */
+  override record(spec: JobSpec): JobRecord {
     const v = spec.kind === 'backup' && spec.volume_id ? this.app.catalog.volumes.get(spec.volume_id) : undefined;
-    if (!v || !this.producer || !this.shareable(v)) return super.submit(spec);
-    const b = this.app.catalog.backups.get(spec.backup_id)!;
-    const job = this.submitHeld({ ...spec, params: { ...(spec.params ?? {}), cluster: true } });
+    if (!v || !this.producer || !this.shareable(v)) return super.record(spec);
+    return super.record({ ...spec, params: { ...(spec.params ?? {}), cluster: true } });
+  }
+
+  /** (its record committed) a cluster job goes to the jobs topic with the backup and volume records, not to this node's queue */
+  override dispatch(job: JobRecord): void {
+    const b = job.params?.cluster ? this.app.catalog.backups.get(job.backup_id) : undefined;
+    const v = b ? this.app.catalog.volumes.get(b.volume_id) : undefined;
+    if (!b || !v || !this.producer) return super.dispatch(job);
+    super.abandon(job); // no longer waiting to be dispatched
     const msg: ClusterJobMessage = { kind: 'blockgate-job', origin: this.o.node, job, backup: b, volume: v, sent_at: now() };
     this.producer.produce(this.o.topic, null, Buffer.from(JSON.stringify(msg)), b.id, Date.now(), job.id);
-    return job;
   }
 
   /** a forwarded job left by an earlier run of this node stays forwarded: the cluster runs it */
@@ -218,6 +227,7 @@ export class ClusterJobQueue extends LocalJobQueue {
       const msg = parseJobMessage(m.value);
       if (!msg) return this.skip(m, 'not a blockgate backup job');
       const { job } = msg;
+      this.o.log('info', { event: 'job-taken', job: job.id, backup: job.backup_id, partition: m.partition, offset: m.offset, origin: msg.origin }, `jobs topic: took job ${job.id} (backup ${job.backup_id})`);
       const c = await this.o.claims.claim(job.id);
       if (!c.won) {
         if ('done' in c) return this.skip(m, `job ${job.id} already ended (${c.done.status} on ${c.done.node})`, { job: job.id });
@@ -233,17 +243,18 @@ export class ClusterJobQueue extends LocalJobQueue {
         await this.o.claims.finish(job.id, { status: 'done', fail_reason: null }, [c.claim]);
         return this.skip(m, `backup ${job.backup_id} is committed already`, { job: job.id });
       }
-      const renew = setInterval(() => void this.o.claims.renew(job.id, c.claim).catch(() => undefined), 1000);
-      renew.unref();
+      const stopWatch = this.watchClaim(job, c.claim);
       let out: JobRecord;
       try {
         out = await this.runHere(msg);
       } finally {
-        clearInterval(renew);
+        stopWatch();
       }
       this.ran++;
       const b = this.app.catalog.backups.get(job.backup_id);
-      await this.o.claims.finish(job.id, { status: out.status === 'done' ? 'done' : out.status === 'cancelled' ? 'cancelled' : 'error', fail_reason: b?.fail_reason ?? out.error ?? null }, [c.claim]);
+      // ended meanwhile by another node (it judged this one lost): that outcome stands
+      if (await this.o.claims.outcome(job.id)) await this.o.claims.release(job.id, c.claim);
+      else await this.o.claims.finish(job.id, { status: out.status === 'done' ? 'done' : out.status === 'cancelled' ? 'cancelled' : 'error', fail_reason: b?.fail_reason ?? out.error ?? null, ...(b ? { backup_status: b.status } : {}) }, [c.claim]);
     } catch (e) {
       this.o.log('warn', { event: 'job-take-failed', partition: m.partition, offset: m.offset, error: (e as Error).message }, `jobs topic: ${(e as Error).message}`);
     } finally {
@@ -251,6 +262,47 @@ export class ClusterJobQueue extends LocalJobQueue {
       this.settle(m);
       this.pullLoop();
     }
+  }
+
+  /**
+   * While a job runs here, its claim is renewed (every renewMs), and the repository is asked
+   * whether the job was cancelled from another node (a force-delete there: this node stops it
+   * and the backup ends deleted) or ended by one (it judged this node lost: this node stops it).
+   */
+  private watchClaim(job: JobRecord, claim: Claim): () => void {
+    let busy = false;
+    let stopped = false;
+    const tick = async () => {
+      if (busy || stopped) return;
+      busy = true;
+      try {
+        await this.o.claims.renew(job.id, claim);
+        const [done, cancel] = await Promise.all([this.o.claims.outcome(job.id), this.o.claims.cancelRequest(job.id)]);
+        if (stopped || (!done && !cancel) || !this.isLocal(job.id)) return;
+        stopped = true;
+        if (cancel && !done) {
+          // as a force-delete here would: the job sees `deleting`, stops, and the backup ends deleted
+          try {
+            beginDelete(this.app, job.backup_id, { force: true });
+          } catch {
+            /* not creating any more: the job ends as it is */
+          }
+        }
+        const reason = done ? `node ${done.node} ended this job (${done.status}): ${done.fail_reason ?? ''}` : cancel!.reason;
+        this.o.log('warn', { event: done ? 'job-ended-elsewhere' : 'job-cancel-requested', job: job.id, backup: job.backup_id, node: done?.node ?? cancel!.node }, `job ${job.id}: ${reason}`);
+        await super.cancel(job.id, reason);
+      } catch {
+        /* the repository is away: the next tick tries again */
+      } finally {
+        busy = false;
+      }
+    };
+    const t = setInterval(() => void tick(), this.o.claims.renewMs);
+    t.unref();
+    return () => {
+      stopped = true;
+      clearInterval(t);
+    };
   }
 
   /** runs a cluster job on this node: its own (still recorded here), or one made elsewhere (copied in) */
@@ -291,20 +343,6 @@ export class ClusterJobQueue extends LocalJobQueue {
     (this as unknown as { finish(id: string, s: string, e: string | null): void }).finish(id, status, error);
   }
 
-  /** submit without dispatching here: the record is queued, the cluster runs it */
-  private submitHeld(spec: JobSpec): JobRecord {
-    const wasStarted = (this as unknown as { started: boolean }).started;
-    (this as unknown as { started: boolean }).started = false;
-    try {
-      const job = super.submit(spec);
-      const pending = (this as unknown as { pending: string[] }).pending;
-      pending.splice(pending.indexOf(job.id), 1);
-      return job;
-    } finally {
-      (this as unknown as { started: boolean }).started = wasStarted;
-    }
-  }
-
   override stats(): { running: number; queued: number } {
     const s = super.stats();
     return { running: s.running, queued: s.queued + this.store.active().filter((j) => j.params?.cluster && j.status === 'queued').length };
@@ -341,8 +379,18 @@ export async function settleForwarded(app: Appliance, jobs: JobService, q: Clust
     } catch {
       /* not committed (yet) */
     }
-    const outcome: Outcome | null = manifest ? null : await claims.outcome(job.id);
-    if (!manifest && !outcome) continue;
+    let outcome: Outcome | null = manifest ? null : await claims.outcome(job.id);
+    let lostHere = false;
+    if (!manifest && !outcome) {
+      // claimed by a node that died (its claim expired and its heartbeats stopped): ended here, at once
+      const lost = await claims.lostClaims(job.id);
+      if (!lost.length) continue;
+      const nodes = [...new Set(lost.map((c) => c.node))].join(', ');
+      const reason = `node ${nodes} was lost while it ran this backup`;
+      outcome = await claims.finish(job.id, { status: 'error', fail_reason: reason }, lost);
+      lostHere = true;
+      log('warn', { event: 'job-lost-node', job: job.id, backup: job.backup_id, node: nodes }, reason);
+    }
     if (manifest && b && b.status !== 'available') {
       const { manifest: m, root } = decodeManifest(manifest, job.backup_id);
       const t0 = Date.now();
@@ -358,8 +406,9 @@ export async function settleForwarded(app: Appliance, jobs: JobService, q: Clust
       log('info', { event: 'forwarded-settled', job: job.id, backup: b.id, status: 'available', ms: Date.now() - t0 }, `backup ${b.id}, run by another node, is available`);
     } else if (!manifest && outcome && b && b.status === 'creating') {
       log('info', { event: 'forwarded-settled', job: job.id, backup: b.id, status: outcome.status, node: outcome.node }, `backup ${b.id} ended ${outcome.status} on node ${outcome.node}: ${outcome.fail_reason ?? ''}`);
-      catalog.transition(b.id, ['creating'], 'error', { owner: null, fail_reason: outcome.fail_reason ?? `ended ${outcome.status} on node ${outcome.node}` });
+      const out = catalog.transition(b.id, ['creating'], 'error', { owner: null, fail_reason: outcome.fail_reason ?? `ended ${outcome.status} on node ${outcome.node}` });
       catalog.unregisterWriter(b.id);
+      if (lostHere) app.events.emit('backup.create.error', b.id, backupPayload(out));
       q.end(job.id, outcome.status === 'cancelled' ? 'cancelled' : 'error', outcome.fail_reason);
     } else {
       q.end(job.id, manifest ? 'done' : 'error', outcome?.fail_reason ?? null);

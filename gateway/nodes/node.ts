@@ -84,12 +84,25 @@ export async function installClusterJobs(d: Daemon, jobs: JobService, onError: (
   const node = nodeOf.get(d);
   if (!k || !node) return;
   const log: NodeLog = (level, fields, msg) => d.log[level](fields, msg);
-  const claims = new JobClaims(d.app.repo.store, node.name, k.nodeTimeoutMs);
-  const q = new ClusterJobQueue(d.app, jobs.store, makeHandlers(d.app, jobs.quotas, jobs.store), jobs.queue.workers, jobs.queue.maxQueued, onError, { brokers: k.brokers, topic: k.jobsTopic, node: node.name, sharedPaths: k.sharedPaths, claims, upNodes: () => node.heartbeats.upNodes(), log });
+  const claims = new JobClaims(d.app.repo.store, node.name, k.nodeTimeoutMs, node.heartbeats.instance, (n, i) => node.heartbeats.alive(n, i));
+  const q = new ClusterJobQueue(d.app, jobs.store, makeHandlers(d.app, jobs.quotas, jobs.store), jobs.queue.workers, jobs.queue.maxQueued, onError, { brokers: k.brokers, topic: k.jobsTopic, node: node.name, sharedPaths: k.sharedPaths, claims, log });
   await q.connect();
   q.onNeedParent = () => node.follower?.sync() ?? Promise.resolve();
   (jobs as { queue: LocalJobQueue }).queue = q;
   node.heartbeats.load = () => ({ workers: q.workers, running: q.stats().running });
-  if (node.follower) node.follower.afterSync = () => settleForwarded(d.app, jobs, q, claims, log);
+  // forwarded jobs settle after each follow, and every second on their own (a long follow, adopting
+  // many backups, never holds back the end of a job whose node was lost); one pass at a time
+  let settling: Promise<unknown> | undefined;
+  const settle = () =>
+    (settling ??= settleForwarded(d.app, jobs, q, claims, log)
+      .catch((e: Error) => log('warn', { event: 'settle-failed', error: e.message }, `settling forwarded jobs: ${e.message}`))
+      .finally(() => (settling = undefined)));
+  if (node.follower) node.follower.afterSync = settle;
+  const timer = setInterval(() => void settle(), 1000);
+  timer.unref();
+  d.onStop(async () => {
+    clearInterval(timer);
+    await settling;
+  });
   log('info', { event: 'cluster-jobs', topic: k.jobsTopic, workers: q.workers, sharedPaths: k.sharedPaths }, `backups of shared volumes go through ${k.jobsTopic}, run by any node`);
 }

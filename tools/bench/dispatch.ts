@@ -24,7 +24,7 @@ async function node(dir: string, repo: string, name: string, brokers?: string, s
   const jobs = new JobService(app, { workers: 2 });
   const k = app.config.kafka;
   if (k) {
-    const q = new ClusterJobQueue(app, jobs.store, makeHandlers(app, jobs.quotas, jobs.store), 2, 64, () => {}, { brokers: k.brokers, topic: k.jobsTopic, node: name, sharedPaths: k.sharedPaths, claims: new JobClaims(app.repo.store, name, 5000), upNodes: () => new Set(), log: () => {} });
+    const q = new ClusterJobQueue(app, jobs.store, makeHandlers(app, jobs.quotas, jobs.store), 2, 64, () => {}, { brokers: k.brokers, topic: k.jobsTopic, node: name, sharedPaths: k.sharedPaths, claims: new JobClaims(app.repo.store, name, 5000), log: () => {} });
     await q.connect();
     (jobs as { queue: LocalJobQueue }).queue = q;
   }
