@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { MapReader, type PageLoader, pageEntriesFor } from './blockmap.js';
+import { FactsCache } from './facts.js';
 import { identityState, selfIdentity } from '../drivers/process-identity.js';
 import { resumableRestores, servingSession } from './sessions.js';
 import { type BackupRecord, type BackupStatus, type BackupView, type Owner, type VolumeRecord, isLive, now } from './records.js';
@@ -68,6 +69,8 @@ export function ownerAlive(o: Owner | null | undefined): boolean {
   return identityState({ host: o.host, pid: o.pid, boot: o.boot ?? '', start: o.start ?? 0 }) !== 'dead';
 }
 
+export type BackupFact = Pick<BackupRecord, 'id' | 'project_id' | 'volume_id' | 'status' | 'size'>;
+
 export class Catalog {
   readonly env: RootDatabase;
   readonly volumes: Database<VolumeRecord, string>;
@@ -80,6 +83,8 @@ export class Catalog {
   readonly packs: Database<PackRecord, string>;
   readonly locks: Database<Owner, string>;
   readonly meta: Database<unknown, string>;
+  /** what quota checks and job ends read of every backup, without decoding each record each time */
+  readonly backupFacts: FactsCache<BackupRecord, BackupFact>;
 
   constructor(readonly path: string) {
     // the catalog is private to the appliance's user, whatever the umask
@@ -97,6 +102,7 @@ export class Catalog {
     this.packs = this.env.openDB({ name: 'packs' });
     this.locks = this.env.openDB({ name: 'locks' });
     this.meta = this.env.openDB({ name: 'meta' });
+    this.backupFacts = new FactsCache(this.env, 'backups', this.backups, (b) => ({ id: b.id, project_id: b.project_id, volume_id: b.volume_id, status: b.status, size: b.size }));
   }
 
   async close(): Promise<void> {

@@ -6,6 +6,7 @@
  * bound (the newest KEEP_FINISHED), older ones are dropped.
  */
 import type { Database, RootDatabase } from 'lmdb';
+import { commitBatched } from './commit.js';
 import { now, type Owner } from './records.js';
 
 export const JOB_KINDS = ['backup', 'restore', 'delete'] as const;
@@ -76,20 +77,29 @@ export class JobStore {
   }
 
   update(id: string, change: (j: JobRecord) => Partial<JobRecord>): JobRecord | undefined {
-    let out: JobRecord | undefined;
-    this.env.transactionSync(() => {
-      const j = this.db.get(id);
-      if (!j) return;
-      out = { ...j, ...change(j), updated_at: now() };
-      this.db.putSync(id, out);
-    });
+    return this.env.transactionSync(() => this.change(id, change));
+  }
+
+  /** update, in the next batched commit (catalog/commit.ts); resolves once that is committed */
+  updateBatched(id: string, change: (j: JobRecord) => Partial<JobRecord>): Promise<JobRecord | undefined> {
+    return commitBatched(this.env, () => this.change(id, change));
+  }
+
+  /** (inside a write transaction) the record as changed, read and written there so no other change is lost */
+  private change(id: string, change: (j: JobRecord) => Partial<JobRecord>): JobRecord | undefined {
+    const j = this.db.get(id);
+    if (!j) return undefined;
+    const out = { ...j, ...change(j), updated_at: now() };
+    this.db.putSync(id, out);
     return out;
   }
 
-  /** progress is written often: not synchronously, never waited for */
+  /** progress is written often: in batched commits, never waited for; a job that has ended keeps its record */
   putProgress(id: string, progress: JobRecord['progress']): void {
-    const j = this.db.get(id);
-    if (j && ACTIVE_JOB_STATES.includes(j.status)) void this.db.put(id, { ...j, progress, updated_at: now() });
+    void commitBatched(this.env, () => {
+      const j = this.db.get(id);
+      if (j && ACTIVE_JOB_STATES.includes(j.status)) this.db.putSync(id, { ...j, progress, updated_at: now() });
+    }).catch(() => undefined);
   }
 
   /** drops the oldest finished records beyond KEEP_FINISHED */

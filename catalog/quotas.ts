@@ -15,7 +15,8 @@
 import type { Database, RootDatabase } from 'lmdb';
 import { randomUUID } from 'node:crypto';
 import { ownerAlive, ownerHere } from './catalog.js';
-import { type BackupRecord, type Owner, now } from './records.js';
+import { type Owner, now } from './records.js';
+import { FactsCache } from './facts.js';
 
 export const QUOTA_KEYS = ['backups', 'backup_gigabytes'] as const;
 export type QuotaKey = (typeof QUOTA_KEYS)[number];
@@ -49,12 +50,15 @@ export class QuotaExceededError extends Error {
 
 export class QuotaStore {
   readonly db: Database<unknown, string>;
+  private readonly held: FactsCache<unknown, Reservation>;
 
   constructor(
     readonly env: RootDatabase,
-    private readonly backups: () => Iterable<BackupRecord>,
+    /** the project, size (GiB) and status of every backup */
+    private readonly backups: () => Iterable<{ id: string; project_id: string; status: string; size: number }>,
   ) {
     this.db = env.openDB<unknown, string>({ name: 'projects' });
+    this.held = new FactsCache(env, 'projects', this.db, (r) => r as Reservation, { start: 'res:', end: 'res;' });
   }
 
   limits(project: string): Limits {
@@ -71,7 +75,7 @@ export class QuotaStore {
   }
 
   reservations(): Reservation[] {
-    return [...this.db.getRange({ start: 'res:', end: 'res;' })].map((e) => e.value as Reservation);
+    return this.held.scan();
   }
 
   /** `reserving`: a backup already recorded whose reservation is being taken (not counted as in use) */

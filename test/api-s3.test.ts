@@ -15,7 +15,7 @@ import { controlRequest } from '../gateway/instant/control.js';
 import { cliJson, tmpDir } from './helpers/core.js';
 import { getS3 } from './helpers/ceph.js';
 import { TcpProxy } from './helpers/tcp-proxy.js';
-import { type ApiDaemon, backupStatus, cinder, http, ok, openstack, props, startApi, until, volumeStatus, waitBackup, waitVolume } from './helpers/api.js';
+import { type ApiDaemon, backupStatus, cinder, http, listTable, ok, openstack, props, startApi, until, volumeStatus, waitBackup, waitVolume } from './helpers/api.js';
 
 const MiB = 1024 * 1024;
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -47,7 +47,7 @@ async function jobOf(d: ApiDaemon, backupId: string, kind: string): Promise<JobR
   return all.filter((j) => j.backup_id === backupId && j.kind === kind).at(-1);
 }
 
-test('export-record on one daemon, import-record on another sharing the bucket, restore there bit-exact', async (t) => {
+test('export-record on one daemon, import-record on another sharing the bucket (over quota: 413 and nothing changes), restore there bit-exact', async (t) => {
   t.timeout(5 * 60_000);
   const dirs = await s3Dirs(t, ['a', 'b']);
   const img = path.join(dirs.a!, '..', 'src.img');
@@ -64,6 +64,24 @@ test('export-record on one daemon, import-record on another sharing the bucket, 
   const osc = JSON.parse(await ok(openstack(a, ['volume', 'backup', 'record', 'export', bk.id!, '-f', 'json'], { endpoint: `${a.url}/v3/p1` }))) as { backup_service: string; backup_url: string };
   t.is(osc.backup_url, exported.backup_url);
   t.is((await cinder(b, 'admin', 'p1', ['backup-show', bk.id!])).code, 1, 'B does not know it yet');
+
+  // over the project's quota on B, an import is refused as Cinder refuses it, and leaves B as it was
+  const usageOnB = async () => listTable(await ok(cinder(b, 'admin', 'p1', ['quota-usage', 'p1']))).filter((row) => row.Type === 'backups' || row.Type === 'backup_gigabytes');
+  const before = await usageOnB();
+  t.like(before.find((row) => row.Type === 'backups'), { In_use: '0', Reserved: '0' });
+  await ok(cinder(b, 'admin', 'p1', ['quota-update', '--backups', '0', 'p1']));
+  const refused = await cinder(b, 'admin', 'p1', ['backup-import', exported.backup_service!, exported.backup_url!]);
+  t.is(refused.code, 1);
+  t.regex(refused.stderr, /ERROR: Maximum number of backups allowed \(0\) exceeded \(HTTP 413\)/);
+  await ok(cinder(b, 'admin', 'p1', ['quota-update', '--backups', '10', '--backup-gigabytes', '0', 'p1']));
+  const body = { 'backup-record': { backup_service: exported.backup_service, backup_url: exported.backup_url } };
+  const overGb = await http(b, 'POST', '/v3/p1/backups/import_record', body);
+  t.is(overGb.status, 413);
+  t.deepEqual(overGb.json, { overLimit: { code: 413, message: 'Requested backup exceeds allowed Backup gigabytes quota. Requested 1G, quota is 0G and 0G has been consumed.', retryAfter: '0' } });
+  await ok(cinder(b, 'admin', 'p1', ['quota-update', '--backup-gigabytes', '1000', 'p1']));
+  t.is((await cinder(b, 'admin', 'p1', ['backup-show', bk.id!])).code, 1, 'no record of it on B');
+  t.deepEqual((await http(b, 'GET', '/v3/p1/backups/detail?all_tenants=1')).json, { backups: [] });
+  t.deepEqual(await usageOnB(), before, 'no usage and no reservation left');
 
   const imported = props(await ok(cinder(b, 'admin', 'p1', ['backup-import', exported.backup_service!, exported.backup_url!])));
   t.is(imported.id, bk.id);

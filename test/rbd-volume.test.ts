@@ -143,7 +143,20 @@ test('full backup reads only allocated extents, a 5% incremental only the change
   t.is(app.catalog.backupRecord(i1.id).status, 'available');
 });
 
-test('discards and zero writes in an incremental come back as zeroes; a grown image is backed up at its new size', async (t) => {
+/** object_count and data_bytes of a backup counted from its map, entry by entry */
+function mapCounts(app: Appliance, b: BackupRecord): { objects: number; bytes: number } {
+  const m = app.catalog.mapReader(b);
+  let objects = 0;
+  let bytes = 0;
+  for (let i = 0; i < m.chunkCount; i++) {
+    if (!m.entry(i)) continue;
+    objects++;
+    bytes += Math.min(b.chunk_size, b.size_bytes - i * b.chunk_size);
+  }
+  return { objects, bytes };
+}
+
+test('discards and zero writes in an incremental come back as zeroes, its object and byte counts are its map\'s; a grown image is backed up at its new size', async (t) => {
   const c = await getCeph();
   const app = await openApp(t, { chunkSize: CS });
   const size = 24 * MiB;
@@ -156,6 +169,8 @@ test('discards and zero writes in an incremental come back as zeroes; a grown im
     { op: 'discard', offset: 16 * MiB + 65536, length: 131072 },
   ]);
   const i1 = await backup(app, 'vol', { incremental: true });
+  t.deepEqual({ objects: i1.object_count, bytes: i1.data_bytes }, mapCounts(app, i1));
+  t.true(i1.object_count < size / CS, 'the discarded object is counted out');
   const want = await rbdExportSha(c, `${spec}@${i1.change_token}`);
   const dst = await makeImage(t, c, 'zero-dst', size, randomBytes(size));
   await rbdVolume(app, c, 'dst', dst);
@@ -168,6 +183,7 @@ test('discards and zero writes in an incremental come back as zeroes; a grown im
   const i2 = await backup(app, 'vol', { incremental: true });
   t.is(i2.size_bytes, 32 * MiB);
   t.is(i2.bytes_read, MiB, 'only the new data in the grown part');
+  t.deepEqual({ objects: i2.object_count, bytes: i2.data_bytes }, mapCounts(app, i2));
   const p2 = await prepareRestore(app, { backup: i2.id });
   await runRestore(app, p2.backup, p2.target);
   t.is(fileSha(p2.target.path), (await rbdExportSha(c, `${spec}@${i2.change_token}`)).sha256);

@@ -7,10 +7,12 @@
  */
 import { randomUUID } from 'node:crypto';
 import { ConflictError, ownerHere } from '../../catalog/catalog.js';
+import { commitBatched, commitDurably } from '../../catalog/commit.js';
 import { MapBuilder, MapReader, holePage, pageEntriesFor } from '../../catalog/blockmap.js';
 import { encodeManifest } from '../../catalog/manifest.js';
 import { type BackupRecord, now, sizeGiB } from '../../catalog/records.js';
-import type { ChangeSource } from '../../drivers/volume/types.js';
+import type { ChangeSource, VolumeDevice } from '../../drivers/volume/types.js';
+import { DataCursor } from '../../drivers/volume/extents.js';
 import type { BlockDevice } from '../../blockdev/types.js';
 import type { Appliance } from '../appliance.js';
 import { RepoChunkReader } from '../read/chunk-reader.js';
@@ -116,14 +118,17 @@ export async function runBackup(app: Appliance, rec: BackupRecord, progress?: Pr
   const store = app.repo.store;
   let source: ChangeSource | null = null;
   let lease: HeldObject | null = null;
+  const step = stepTimer();
   try {
     lease = await startWriterLease(store, `backup ${rec.id}`);
     const gc = await runningGc(store);
     if (gc) throw new ConflictError(`garbage collection is running on the repository (${describeHolder(gc)}); back up again when it ends`);
     const epoch = await readEpoch(store);
     await followRepository(app, epoch);
+    step('lease');
     const driver = app.volumeDriver(catalog.volume(rec.volume_id));
     source = from ? null : ((await driver.snapshotForBackup?.(rec.id)) ?? null);
+    step('snapshot');
     const parent = rec.parent_id ? catalog.backups.get(rec.parent_id) : undefined;
     // a diff can only be laid over a parent that has a change token (an export-diff snapshot);
     // over any other parent (e.g. one saved from an overlay) it is built from the full diff alone
@@ -134,15 +139,20 @@ export async function runBackup(app: Appliance, rec: BackupRecord, progress?: Pr
       base = undefined;
       rec = { ...rec, notes: [...rec.notes, `the parent backup ${parent!.id} names a chunk that verify found corrupt: this backup read every allocated extent of the image`] };
     }
-    const done = source ? await copyChanges(app, rec, source, base, progress) : await copyVolume(app, rec, progress, from);
+    const done = source ? await copyChanges(app, rec, source, base, progress, step) : await copyVolume(app, rec, progress, from);
+    step('data');
     // the manifest names its writer's lease: a catalog rebuild leaves it alone while the lease is live
     await app.repo.putManifest(rec.id, encodeManifest(app.repo.config.id, done.rec, catalog.volume(rec.volume_id), done.root, lease.token));
     await lease.renew();
     if ((await readEpoch(store)) !== epoch) {
       throw new Error('a garbage collection of the repository started while this backup was written (its lease had expired); nothing was committed, back up again');
     }
-    const committed = catalog.commitBackup(done.rec, done.root);
+    // batched with other commits, off the event loop; on disk before the backup is reported available
+    const committed = await commitDurably(catalog.env, () => catalog.commitBackup(done.rec, done.root));
+    step('commit');
     await source?.commit(parent?.change_token ?? null);
+    step('source-commit');
+    step.report(rec.id);
     return committed;
   } catch (e) {
     await source?.abort().catch(() => undefined);
@@ -156,9 +166,26 @@ export async function runBackup(app: Appliance, rec: BackupRecord, progress?: Pr
     catalog.transition(rec.id, ['creating'], 'error', { fail_reason: reason, owner: null });
     throw e;
   } finally {
-    catalog.unregisterWriter(rec.id);
+    await commitBatched(catalog.env, () => catalog.unregisterWriter(rec.id));
     await lease?.release().catch(() => undefined);
   }
+}
+
+/**
+ * Where a backup's time goes, step by step (ms since the previous step), written to stderr as
+ * one JSON line `backup-steps` when BLOCKGATE_BACKUP_STEPS=1 (bench api reports them).
+ */
+function stepTimer(): ((name: string) => void) & { report(id: string): void } {
+  const on = process.env.BLOCKGATE_BACKUP_STEPS === '1';
+  const steps: Record<string, number> = {};
+  let last = performance.now();
+  const step = (name: string) => {
+    if (!on) return;
+    const t = performance.now();
+    steps[name] = Math.round((t - last) * 10) / 10;
+    last = t;
+  };
+  return Object.assign(step, { report: (id: string) => on && void process.stderr.write(`${JSON.stringify({ event: 'backup-steps', backup: id, ms: steps })}\n`) });
 }
 
 /** bytes a whole-volume read hands to the sink at once (a segment of small blocks) */
@@ -192,24 +219,32 @@ async function copyVolume(app: Appliance, rec: BackupRecord, progress?: Progress
   const sink = new ChunkSink(app, new MapBuilder(count, undefined, false, (p) => app.repo.digest(p), pageEntriesFor(cs)), cs, app.config.pipelineDepth, true, seg);
   const dev = from ?? (await app.volumeDriver(catalog.volume(rec.volume_id)).open('read'));
   const check = cancelCheck(app, rec.id);
+  // a sparse file's holes are recorded as zero chunks without reading them
+  const data = 'dataExtents' in dev && typeof dev.dataExtents === 'function' ? new DataCursor((dev as VolumeDevice).dataExtents!()[Symbol.asyncIterator]()) : null;
   let read = 0;
   try {
     for (let i = 0; i < count && !sink.failed; i += seg) {
       check();
-      const slot = await sink.acquire();
       const len = Math.min(cs * seg, rec.size_bytes - i * cs);
+      if (data && !(await data.any(i * cs, i * cs + len))) {
+        sink.putHole(i, len);
+        progress?.(i * cs + len, rec.size_bytes);
+        continue;
+      }
+      const slot = await sink.acquire();
       await readFully(dev, sink.buffer(slot).subarray(0, len), i * cs).catch((e: unknown) => {
         sink.discard(slot);
         throw e;
       });
       read += len;
       sink.put(i, slot, len);
-      progress?.(read, rec.size_bytes);
+      progress?.(i * cs + len, rec.size_bytes);
     }
   } catch (e) {
     await sink.settle();
     throw e;
   } finally {
+    await data?.close();
     if (!from) await dev.close?.();
   }
   const root = await sink.finish();
@@ -221,7 +256,7 @@ async function copyVolume(app: Appliance, rec: BackupRecord, progress?: Progress
  * built, each from the parent's chunk (or zeroes) with the changed bytes laid over it;
  * every other entry of the map is the parent's (or a hole, for a first backup).
  */
-async function copyChanges(app: Appliance, rec: BackupRecord, source: ChangeSource, parent: BackupRecord | undefined, progress?: Progress): Promise<{ rec: BackupRecord; root: Buffer }> {
+async function copyChanges(app: Appliance, rec: BackupRecord, source: ChangeSource, parent: BackupRecord | undefined, progress?: Progress, step: (name: string) => void = () => {}): Promise<{ rec: BackupRecord; root: Buffer }> {
   const { catalog } = app;
   rec = { ...rec, size_bytes: source.size, size: sizeGiB(source.size) };
   const cs = rec.chunk_size;
@@ -236,6 +271,8 @@ async function copyChanges(app: Appliance, rec: BackupRecord, source: ChangeSour
   let cur = -1;
   let slot = -1;
   let changed = 0;
+  /** the chunks the diff touched (each once: extents come in order) */
+  const touched: number[] = [];
   // byte ranges of the open chunk that the diff wrote; the rest comes from the parent's chunk
   let covered: [number, number][] = [];
   const open = async (i: number) => {
@@ -251,6 +288,7 @@ async function copyChanges(app: Appliance, rec: BackupRecord, source: ChangeSour
     const whole = mine.length === 1 && mine[0]![0] === 0 && mine[0]![1] >= len;
     // the parent's chunk is fetched in the background, in parallel with the next chunks
     sink.put(i, slot, len, whole ? undefined : (buf) => fillGaps(buf, len, mine, parentMap && i < parentMap.chunkCount ? parentMap.entry(i) : null));
+    touched.push(i);
     changed++;
     cur = -1;
   };
@@ -289,14 +327,18 @@ async function copyChanges(app: Appliance, rec: BackupRecord, source: ChangeSour
       progress?.(source.bytesRead, Math.max(source.bytesRead, 1));
     }
     close();
+    step('diff');
   } catch (e) {
     if (cur >= 0) sink.discard(slot);
     await sink.settle();
     throw e;
   }
   const root = await sink.finish();
-  const out = recountFromMap(app, { ...rec, ...sink.stats, bytes_read: source.bytesRead, change_token: source.token, notes: [...rec.notes, ...source.notes] }, root);
+  step('chunks');
+  const made = { ...rec, ...sink.stats, bytes_read: source.bytesRead, change_token: source.token, notes: [...rec.notes, ...source.notes] };
+  const out = parent && (parent.size_bytes !== rec.size_bytes || parent.chunk_size !== cs) ? recountFromMap(app, made, root) : countFromParent(made, parent, parentMap, touched);
   out.notes.push(`${changed} of ${count} chunks changed`);
+  step('counts');
   return finishRecord(app, out, root);
 }
 
@@ -305,7 +347,25 @@ async function finishRecord(app: Appliance, rec: BackupRecord, root: Buffer): Pr
   return { rec: { ...rec, updated_at: now() }, root };
 }
 
-/** After a change-source backup, object_count and data_bytes describe the whole map. */
+/**
+ * After a change-source backup over a parent of the same size (or over nothing: the map started
+ * as holes), object_count and data_bytes of the whole map are the parent's, less what the touched
+ * chunks held there, plus what they hold now (the sink counted those): no walk of the map.
+ */
+function countFromParent(rec: BackupRecord, parent: BackupRecord | undefined, parentMap: MapReader | null, touched: number[]): BackupRecord {
+  let objects = parent?.object_count ?? 0;
+  let bytes = parent?.data_bytes ?? 0;
+  if (parent && parentMap) {
+    for (const i of touched) {
+      if (!parentMap.entry(i)) continue;
+      objects--;
+      bytes -= Math.min(rec.chunk_size, rec.size_bytes - i * rec.chunk_size);
+    }
+  }
+  return { ...rec, object_count: objects + rec.object_count, data_bytes: bytes + rec.data_bytes };
+}
+
+/** After a change-source backup, object_count and data_bytes describe the whole map (walked). */
 function recountFromMap(app: Appliance, rec: BackupRecord, root: Buffer): BackupRecord {
   const count = Math.ceil(rec.size_bytes / rec.chunk_size);
   const r = new MapReader(root, count, app.catalog.loadPage, pageEntriesFor(rec.chunk_size));

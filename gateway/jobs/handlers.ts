@@ -7,6 +7,7 @@
  * are settled here whatever the outcome.
  */
 import { ConflictError } from '../../catalog/catalog.js';
+import { commitBatched } from '../../catalog/commit.js';
 import type { JobRecord, JobStore } from '../../catalog/jobs.js';
 import type { QuotaStore } from '../../catalog/quotas.js';
 import { SnapshotStore } from '../../catalog/snapshots.js';
@@ -39,13 +40,27 @@ function progressEmitter(app: Appliance, type: EventType, b: BackupRecord, ctx: 
   };
 }
 
-/** the volume leaves `backing-up` for the status it had */
+/** the volume leaves `backing-up` for the status it had (unless another backup of it is being created) */
 export function endBackingUp(app: Appliance, volumeId: string, backupId: string): void {
-  const v = app.catalog.volumes.get(volumeId);
+  if (app.catalog.volumes.get(volumeId)?.status !== 'backing-up') return;
+  app.catalog.env.transactionSync(() => leaveBackingUp(app, volumeId, backupId));
+}
+
+/** endBackingUp, inside a write transaction */
+function leaveBackingUp(app: Appliance, volumeId: string, backupId: string): void {
+  const { catalog } = app;
+  const v = catalog.volumes.get(volumeId);
   if (!v || v.status !== 'backing-up') return;
-  const others = app.catalog.listBackups(volumeId).some((b) => b.id !== backupId && b.status === 'creating');
-  if (others) return;
-  app.catalog.updateVolume(volumeId, (cur) => ({ status: cur.previous_status ?? 'available', previous_status: null }));
+  if (catalog.backupFacts.scan().some((b) => b.volume_id === volumeId && b.id !== backupId && b.status === 'creating')) return;
+  catalog.volumes.putSync(volumeId, { ...v, status: v.previous_status ?? 'available', previous_status: null, updated_at: now() });
+}
+
+/** a backup job has ended: its quota reservation ends and its volume leaves `backing-up`, in a batched commit */
+function endBackupJob(app: Appliance, quotas: QuotaStore, job: JobRecord): Promise<void> {
+  return commitBatched(app.catalog.env, () => {
+    quotas.end(job.reservation);
+    leaveBackingUp(app, job.volume_id ?? '', job.backup_id);
+  });
 }
 
 /** a backup that will not run: cancelled while queued, or its daemon died before it started */
@@ -88,8 +103,7 @@ export function makeHandlers(app: Appliance, quotas: QuotaStore, jobs: JobStore)
           throw e;
         } finally {
           await from?.close?.().catch(() => undefined);
-          quotas.end(job.reservation);
-          endBackingUp(app, job.volume_id ?? '', job.backup_id);
+          await endBackupJob(app, quotas, job);
         }
       },
       dropped(job, reason) {

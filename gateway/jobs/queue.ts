@@ -6,6 +6,9 @@
  *   interface JobQueue {
  *     submit(spec)            persists a `queued` JobRecord (catalog/jobs.ts) and returns it at
  *                             once; throws QueueFullError past `maxQueued` waiting jobs
+ *     record(spec)            submit's first half, inside the caller's transaction (the backup
+ *                             create's batched commit); dispatch(job) once that is committed,
+ *                             abandon(job) when it is not
  *     cancel(id, reason, to?) queued: dropped from the queue, the record `cancelled`, and the
  *                             handler's `dropped` settles the resource; running: the job's
  *                             AbortSignal fires (the runner stops at its next progress step);
@@ -21,7 +24,9 @@
  * once ctx.signal fired (the engine calls progress often, so that is how a job is cancelled
  * without the engine knowing jobs). The queue itself only moves records
  * queued → running → done | error | cancelled and keeps progress on them (written at most every
- * PROGRESS_MS); events and resource states are the handlers' business.
+ * PROGRESS_MS); events and resource states are the handlers' business. A running job's record
+ * changes in batched commits (catalog/commit.ts), never a synchronous commit on the event loop
+ * the API answers from.
  *
  * Records are in LMDB, so a restarted daemon recovers every job a dead process left
  * (gateway/jobs/recover.ts): nothing stays queued or running for a process that is gone.
@@ -66,6 +71,9 @@ export interface JobQueue {
   readonly workers: number;
   readonly maxQueued: number;
   submit(spec: JobSpec): JobRecord;
+  record(spec: JobSpec): JobRecord;
+  dispatch(job: JobRecord): void;
+  abandon(job: JobRecord): void;
   cancel(id: string, reason: string, resetTo?: string | null): Promise<'dequeued' | 'signalled' | 'none'>;
   wait(id: string): Promise<JobRecord>;
   get(id: string): JobRecord | undefined;
@@ -97,6 +105,9 @@ export class LocalJobQueue implements JobQueue {
   private readonly pending: string[] = [];
   private readonly running = new Map<string, { abort: AbortController; done: Promise<void> }>();
   private readonly waiters = new Map<string, ((j: JobRecord) => void)[]>();
+  /** recorded, not yet dispatched (their transaction is being committed): they count against maxQueued */
+  private accepting = 0;
+  private finishedSincePrune = 0;
   private started = false;
   private stopping = false;
 
@@ -127,8 +138,19 @@ export class LocalJobQueue implements JobQueue {
   }
 
   submit(spec: JobSpec): JobRecord {
+    const job = this.record(spec);
+    this.dispatch(job);
+    return job;
+  }
+
+  /**
+   * The first half of submit: checks the queue has room and writes the `queued` record, in the
+   * caller's transaction when there is one; the caller dispatches it once that is committed
+   * (or abandons it when the transaction is not).
+   */
+  record(spec: JobSpec): JobRecord {
     if (this.stopping) throw new Error('the daemon is stopping; no new jobs are accepted');
-    if (this.pending.length >= this.maxQueued) throw new QueueFullError(this.maxQueued);
+    if (this.pending.length + this.accepting >= this.maxQueued) throw new QueueFullError(this.maxQueued);
     const t = now();
     const job: JobRecord = {
       id: randomUUID(),
@@ -151,10 +173,21 @@ export class LocalJobQueue implements JobQueue {
       updated_at: t,
     };
     this.store.put(job);
+    this.accepting++;
+    return job;
+  }
+
+  /** the second half of submit: a recorded job (its record committed) goes on the queue */
+  dispatch(job: JobRecord): void {
+    this.accepting--;
     this.pending.push(job.id);
     // dispatched after the caller's answer (and its transaction) is done
     setImmediate(() => this.pump());
-    return job;
+  }
+
+  /** a recorded job whose transaction was not committed: it never existed */
+  abandon(_job: JobRecord): void {
+    this.accepting--;
   }
 
   async cancel(id: string, reason: string, resetTo: string | null = null): Promise<'dequeued' | 'signalled' | 'none'> {
@@ -211,7 +244,8 @@ export class LocalJobQueue implements JobQueue {
 
   private launch(queued: JobRecord): void {
     const abort = new AbortController();
-    const job = this.store.update(queued.id, () => ({ status: 'running', started_at: now(), owner: ownerHere() }))!;
+    const started = { status: 'running' as const, started_at: now(), owner: ownerHere() };
+    const job: JobRecord = { ...queued, ...started };
     let last = 0;
     const ctx: JobContext = {
       job,
@@ -225,14 +259,17 @@ export class LocalJobQueue implements JobQueue {
         this.store.putProgress(job.id, { percent, bytes, total });
       },
     };
+    // a running job's record changes in batched commits (off the event loop, with the API's
+    // writes): `running` before its work starts, its end before its waiters hear of it
     const done = (async () => {
       try {
+        await this.store.updateBatched(job.id, () => started);
         await this.handlers[job.kind].run(ctx);
-        this.finish(job.id, abort.signal.aborted ? 'cancelled' : 'done', null);
+        await this.finishBatched(job.id, abort.signal.aborted ? 'cancelled' : 'done', null);
       } catch (e) {
         const err = e as Error;
         const cancelled = abort.signal.aborted || err instanceof JobAborted;
-        this.finish(job.id, cancelled ? 'cancelled' : 'error', err.message);
+        await this.finishBatched(job.id, cancelled ? 'cancelled' : 'error', err.message);
         if (!cancelled) this.onError(job, err);
       } finally {
         this.running.delete(job.id);
@@ -243,15 +280,28 @@ export class LocalJobQueue implements JobQueue {
   }
 
   private finish(id: string, status: JobStatus, error: string | null): void {
-    const j = this.store.update(id, (cur) => ({
-      status,
-      error,
-      ended_at: now(),
-      progress: status === 'done' ? { ...cur.progress, percent: 100 } : cur.progress,
-    }));
-    this.store.prune();
+    this.ended(id, this.store.update(id, ending(status, error)));
+  }
+
+  private async finishBatched(id: string, status: JobStatus, error: string | null): Promise<void> {
+    this.ended(id, await this.store.updateBatched(id, ending(status, error)));
+  }
+
+  private ended(id: string, j: JobRecord | undefined): void {
+    // finished records are bounded (KEEP_FINISHED); counting them reads every job record, so not at every end
+    if (++this.finishedSincePrune >= PRUNE_EVERY) {
+      this.finishedSincePrune = 0;
+      this.store.prune();
+    }
     const list = this.waiters.get(id);
     this.waiters.delete(id);
     if (j) for (const w of list ?? []) w(j);
   }
+}
+
+/** jobs that end between two prunes of the finished records */
+const PRUNE_EVERY = 32;
+
+function ending(status: JobStatus, error: string | null): (cur: JobRecord) => Partial<JobRecord> {
+  return (cur) => ({ status, error, ended_at: now(), progress: status === 'done' ? { ...cur.progress, percent: 100 } : cur.progress });
 }

@@ -7,6 +7,7 @@
  */
 import { ConflictError, NotFoundError } from '../../catalog/catalog.js';
 import { type JobRecord, JobStore } from '../../catalog/jobs.js';
+import { commitDurably } from '../../catalog/commit.js';
 import { QuotaStore } from '../../catalog/quotas.js';
 import { SnapshotStore } from '../../catalog/snapshots.js';
 import { type BackupRecord, type BackupStatus, sizeGiB, type VolumeRecord } from '../../catalog/records.js';
@@ -58,7 +59,7 @@ export class JobService {
     onError: (job: JobRecord, e: Error) => void = () => {},
   ) {
     this.store = new JobStore(app.catalog.env);
-    this.quotas = new QuotaStore(app.catalog.env, () => app.catalog.backups.getRange({}).map((e) => e.value));
+    this.quotas = new QuotaStore(app.catalog.env, () => app.catalog.backupFacts.scan());
     this.snapshots = new SnapshotStore(app.catalog.env);
     this.queue = new LocalJobQueue(this.store, makeHandlers(app, this.quotas, this.store), opts.workers ?? 2, opts.maxQueued ?? 64, onError);
   }
@@ -97,28 +98,29 @@ export class JobService {
     if (r.incremental && !parent) throw new InvalidRequestError('Invalid backup: No backups available to do an incremental backup.');
     const rec0 = await newBackupRecord(this.app, { volume: v.id, force: r.force, name: r.name ?? undefined, description: r.description ?? undefined, snapshotId: r.snapshotId ?? null, projectId: v.project_id, userId: r.userId });
     const rec: BackupRecord = { ...rec0, parent_id: parent?.id ?? null, is_incremental: !!parent, metadata: r.metadata ?? {}, ...(parentBefore ? { data_timestamp: parentBefore } : {}) };
-    let job!: JobRecord;
+    let job: JobRecord | undefined;
     try {
-      // one commit: the writer registration (refused while a GC runs), the quota reservation
-      // (which sees every other one), the record, the volume `backing-up` (one backup of a volume
-      // at a time, as in Cinder) and the queued job; durable before the answer
-      catalog.env.transactionSync(() => {
+      // one transaction: the writer registration (refused while a GC runs), the quota
+      // reservation (which sees every other one), the record, the volume `backing-up` (one backup
+      // of a volume at a time, as in Cinder) and the queued job. It is a child transaction of a
+      // batch that concurrent creates share (one commit and one disk sync for all of them, off the
+      // event loop): refused, it leaves nothing; the answer waits until the batch is on disk.
+      job = await commitDurably(catalog.env, () => {
         catalog.registerWriter(rec.id);
         const res = r.skipQuota ? null : this.quotas.reserve(v.project_id, sizeGiB(v.size), rec.id);
         catalog.putBackup(rec);
         const cur = catalog.volumes.get(v.id);
         if (!cur || (cur.status !== 'available' && cur.status !== 'in-use')) throw new InvalidRequestError(`Invalid volume: Volume to be backed up must be available or in-use, but the current status is "${cur?.status ?? 'deleted'}".`);
         catalog.volumes.putSync(v.id, { ...cur, status: 'backing-up', previous_status: cur.status });
-        job = this.queue.submit({ kind: 'backup', backup_id: rec.id, volume_id: v.id, project_id: rec.project_id, user_id: r.userId, params: r.snapshotId ? { snapshot_id: r.snapshotId } : {}, reservation: res?.id ?? null });
+        return (job = this.queue.record({ kind: 'backup', backup_id: rec.id, volume_id: v.id, project_id: rec.project_id, user_id: r.userId, params: r.snapshotId ? { snapshot_id: r.snapshotId } : {}, reservation: res?.id ?? null }));
       });
-      return { backup: rec, job };
     } catch (e) {
-      catalog.env.transactionSync(() => {
-        catalog.backups.removeSync(rec.id);
-        catalog.unregisterWriter(rec.id);
-      });
+      // the job was recorded in the transaction that failed to commit
+      if (job) this.queue.abandon(job);
       throw e;
     }
+    this.queue.dispatch(job);
+    return { backup: rec, job };
   }
 
   async submitRestore(r: { backupId: string; volumeId?: string | null; name?: string | null; userId: string }): Promise<{ backup: BackupRecord; target: VolumeRecord; job: JobRecord }> {

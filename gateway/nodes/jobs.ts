@@ -133,14 +133,21 @@ export class ClusterJobQueue extends LocalJobQueue {
     this.pullLoop();
   }
 
-  override submit(spec: JobSpec): JobRecord {
+  /** a backup of a volume every node reaches is recorded as a cluster job (submit = record, then dispatch) */
+  override record(spec: JobSpec): JobRecord {
     const v = spec.kind === 'backup' && spec.volume_id ? this.app.catalog.volumes.get(spec.volume_id) : undefined;
-    if (!v || !this.producer || !this.shareable(v)) return super.submit(spec);
-    const b = this.app.catalog.backups.get(spec.backup_id)!;
-    const job = this.submitHeld({ ...spec, params: { ...(spec.params ?? {}), cluster: true } });
+    if (!v || !this.producer || !this.shareable(v)) return super.record(spec);
+    return super.record({ ...spec, params: { ...(spec.params ?? {}), cluster: true } });
+  }
+
+  /** (its record committed) a cluster job goes to the jobs topic with the backup and volume records, not to this node's queue */
+  override dispatch(job: JobRecord): void {
+    const b = job.params?.cluster ? this.app.catalog.backups.get(job.backup_id) : undefined;
+    const v = b ? this.app.catalog.volumes.get(b.volume_id) : undefined;
+    if (!b || !v || !this.producer) return super.dispatch(job);
+    super.abandon(job); // no longer waiting to be dispatched
     const msg: ClusterJobMessage = { kind: 'blockgate-job', origin: this.o.node, job, backup: b, volume: v, sent_at: now() };
     this.producer.produce(this.o.topic, null, Buffer.from(JSON.stringify(msg)), b.id, Date.now(), job.id);
-    return job;
   }
 
   /** a forwarded job left by an earlier run of this node stays forwarded: the cluster runs it */
@@ -336,20 +343,6 @@ export class ClusterJobQueue extends LocalJobQueue {
   /** ends a job record of this node (and wakes its waiters) */
   end(id: string, status: 'done' | 'error' | 'cancelled', error: string | null): void {
     (this as unknown as { finish(id: string, s: string, e: string | null): void }).finish(id, status, error);
-  }
-
-  /** submit without dispatching here: the record is queued, the cluster runs it */
-  private submitHeld(spec: JobSpec): JobRecord {
-    const wasStarted = (this as unknown as { started: boolean }).started;
-    (this as unknown as { started: boolean }).started = false;
-    try {
-      const job = super.submit(spec);
-      const pending = (this as unknown as { pending: string[] }).pending;
-      pending.splice(pending.indexOf(job.id), 1);
-      return job;
-    } finally {
-      (this as unknown as { started: boolean }).started = wasStarted;
-    }
   }
 
   override stats(): { running: number; queued: number } {

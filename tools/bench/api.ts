@@ -31,14 +31,17 @@ interface Daemon {
 }
 
 async function serve(data: string, env: NodeJS.ProcessEnv = {}): Promise<Daemon> {
-  const child = spawn(process.execPath, [CLI, '--data-dir', data, 'serve', '--nbd-port', '0', '--nbd-socket', '', '--api-port', '0', '--workers', '2'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
+  // BENCH_API_NODE_ARGS: node flags for the daemon (e.g. `--cpu-prof --cpu-prof-dir=DIR` to see where its time goes)
+  const nodeArgs = (process.env.BENCH_API_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const child = spawn(process.execPath, [...nodeArgs, CLI, '--data-dir', data, 'serve', '--nbd-port', '0', '--nbd-socket', '', '--api-port', '0', '--workers', '2'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
   const port = await new Promise<number>((resolve, reject) => {
     const log: string[] = [];
     createInterface({ input: child.stderr! }).on('line', (l) => {
       log.push(l);
       try {
-        const j = JSON.parse(l) as { event?: string; port?: number };
+        const j = JSON.parse(l) as { event?: string; port?: number; ms?: Record<string, number> };
         if (j.event === 'api-listening') resolve(j.port!);
+        if (j.event === 'backup-steps') console.error(`bench api: backup steps (ms): ${JSON.stringify(j.ms)}`);
       } catch {
         /* not JSON */
       }
@@ -168,7 +171,8 @@ async function rbdThroughApi(work: string, sizeMiB: number): Promise<Row[]> {
     await sh('rbd', ['import', '--no-progress', img, spec], env);
     fs.rmSync(img, { force: true });
     await sh(process.execPath, [CLI, '--data-dir', data, 'volume', 'create', '--name', 'rv', '--rbd', spec, '--ceph-conf', conf, '--project', 'bench'], env);
-    d = await serve(data, env);
+    // each backup's steps (snapshot, diff, chunks, counts, commit...) are reported
+    d = await serve(data, { ...env, BLOCKGATE_BACKUP_STEPS: '1' });
     const vol = ((await call(d, 'GET', '/v3/volumes/detail?name=rv')).json.volumes as { id: string }[])[0]!.id;
     const timed = async (incremental: boolean) => {
       const t = performance.now();
