@@ -127,6 +127,8 @@ export class ClusterJobQueue extends LocalJobQueue {
     });
     await new Promise<void>((resolve, reject) => c.connect({ timeout: 10_000 }, (err) => (err ? reject(new Error(`kafka ${this.o.brokers}: ${err.message}`)) : resolve())));
     c.subscribe([this.o.topic]);
+    // each consume call holds a thread of libuv's pool (shared with file I/O) for up to this long
+    c.setDefaultConsumeTimeout(100);
     this.consumer = c;
     this.pullLoop();
   }
@@ -185,7 +187,7 @@ export class ClusterJobQueue extends LocalJobQueue {
         return;
       }
       for (const m of msgs) void this.take(m);
-      if (!msgs.length) setTimeout(() => this.pullLoop(), 100).unref();
+      if (!msgs.length) setTimeout(() => this.pullLoop(), 200).unref();
       else this.pullLoop();
     });
   }
