@@ -95,23 +95,24 @@ export async function* dataExtents(path: string, size: number): AsyncGenerator<D
 }
 
 /**
- * Answers "does [start, end) hold any data?" for ascending, non-overlapping queries, walking
- * the extents once.
+ * Walks the extents once for ascending queries: where the next data at or after an offset
+ * starts, so a reader can pass over a whole run of holes at once.
  */
 export class DataCursor {
   private cur: DataExtent | null = null;
   private done = false;
   constructor(private readonly it: AsyncIterator<DataExtent>) {}
 
-  async any(start: number, end: number): Promise<boolean> {
-    while (!this.done && (!this.cur || this.cur.end <= start)) {
+  /** the first data byte at or after `offset` (Infinity: none) */
+  async nextData(offset: number): Promise<number> {
+    while (!this.done && (!this.cur || this.cur.end <= offset)) {
       const r = await this.it.next();
       if (r.done) {
         this.done = true;
         this.cur = null;
       } else this.cur = r.value;
     }
-    return !!this.cur && this.cur.start < end;
+    return this.cur ? Math.max(offset, this.cur.start) : Infinity;
   }
 
   /** stops the listing (the backup ended early) */

@@ -225,12 +225,18 @@ async function copyVolume(app: Appliance, rec: BackupRecord, progress?: Progress
   try {
     for (let i = 0; i < count && !sink.failed; i += seg) {
       check();
-      const len = Math.min(cs * seg, rec.size_bytes - i * cs);
-      if (data && !(await data.any(i * cs, i * cs + len))) {
-        sink.putHole(i, len);
-        progress?.(i * cs + len, rec.size_bytes);
-        continue;
+      if (data) {
+        // the whole segments before the next data are holes: recorded at once, never read
+        const next = await data.nextData(i * cs);
+        const holes = next >= rec.size_bytes ? count - i : Math.floor(next / (cs * seg)) * seg - i;
+        if (holes > 0) {
+          sink.putHole(i, Math.min(holes * cs, rec.size_bytes - i * cs));
+          i += holes - seg;
+          progress?.(Math.min((i + seg) * cs, rec.size_bytes), rec.size_bytes);
+          continue;
+        }
       }
+      const len = Math.min(cs * seg, rec.size_bytes - i * cs);
       const slot = await sink.acquire();
       await readFully(dev, sink.buffer(slot).subarray(0, len), i * cs).catch((e: unknown) => {
         sink.discard(slot);

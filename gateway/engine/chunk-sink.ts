@@ -148,8 +148,9 @@ export class ChunkSink {
     for (let k = 0; k < n; k++) {
       this.builder.set(i + k, null);
       if (this.sequential) lw = this.low.complete(i + k);
+      // a long run of holes hands over each page as it fills, not all at its end
+      if (this.sequential && (k === n - 1 || (i + k + 1) % this.builder.entries === 0)) this.flushPages(this.builder.takeFinishedPages(Math.floor(lw / this.builder.entries)));
     }
-    if (this.sequential) this.flushPages(this.builder.takeFinishedPages(Math.floor(lw / this.builder.entries)));
   }
 
   /** the blocks of a segment (blocks i.. of len bytes in the slot): one hash task and one encode task for them all */
