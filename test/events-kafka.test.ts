@@ -97,6 +97,24 @@ test('the broker stopped during work and started again: the events of the outage
   t.is(second.app.kafkaSink!.stats().lost, 0);
 });
 
+test('the broker restarted under a running sink: the events of the outage are delivered by the same producer', async (t) => {
+  const broker = await ownBroker(t);
+  const topic = uniqueTopic('live');
+  const { app, logs } = await appWithKafka(t, path.join(tmpDir(t), 'data'), broker.brokers, topic);
+  app.events.emit('gc.end', 'repo', { n: 1 });
+  t.true(await app.kafkaSink!.drain(30_000), 'connected and shipping before the outage');
+  broker.stop();
+  const outage = [app.events.emit('backup.create.start', 'b2', { status: 'creating' }), app.events.emit('backup.create.end', 'b2', { status: 'available' })];
+  broker.start();
+  const after = app.events.emit('backup.create.end', 'b3', { status: 'available' });
+  const want = [...outage, after].map((e) => e.id);
+  const msgs = await consumeUntil(broker.brokers, topic, (m) => want.every((id) => ids(m).has(id)), 90_000).catch(() => []);
+  if (!want.every((id) => ids(msgs).has(id))) t.log(JSON.stringify(app.kafkaSink!.stats()), logs.join('\n'));
+  t.deepEqual(msgs.map(decode).filter((e) => e.resource === 'b2').map((e) => e.id), outage.map((e) => e.id), "the outage's events, in order");
+  t.true(ids(msgs).has(after.id), 'an event emitted after the restart');
+  t.is(app.kafkaSink!.stats().lost, 0);
+});
+
 test('a log too small for an outage: the events rotated out before they were sent are counted and logged as lost; the rest arrive', async (t) => {
   const broker = await ownBroker(t);
   const topic = uniqueTopic('loss');

@@ -10,6 +10,7 @@ import { promisify } from 'node:util';
 import { BlockDeviceError, type Extent } from '../../blockdev/types.js';
 import { checkRange, zeroByWrites } from '../../blockdev/filter.js';
 import type { VolumeDevice, VolumeDriver } from './types.js';
+import { type DataExtent, dataExtents } from './extents.js';
 
 const run = promisify(execFile);
 
@@ -35,6 +36,8 @@ export class FileVolumeDevice implements VolumeDevice {
     readonly size: number,
     readonly readOnly: boolean,
     readonly sparseFile: boolean,
+    /** the file's path, for its allocation map (regular files) */
+    private readonly path?: string,
   ) {}
 
   private check(offset: number, length: number): void {
@@ -85,6 +88,15 @@ export class FileVolumeDevice implements VolumeDevice {
     return [{ offset, length: Math.min(length, this.size - offset), hole: false, zero: false }];
   }
 
+  /** a regular file's data extents (SEEK_DATA/SEEK_HOLE); a block device is all data */
+  dataExtents(): AsyncIterable<DataExtent> {
+    const size = this.size;
+    if (this.sparseFile && this.path) return dataExtents(this.path, size);
+    return (async function* () {
+      if (size > 0) yield { start: 0, end: size };
+    })();
+  }
+
   /** makes a regular file all holes (used before a restore writes only the data chunks) */
   async makeSparse(): Promise<void> {
     if (!this.sparseFile) throw new Error('not a regular file');
@@ -113,7 +125,7 @@ export class FileVolume implements VolumeDriver {
     } catch (e) {
       throw new Error(`cannot open volume ${this.path} for ${mode === 'read' ? 'reading' : 'writing'}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
-    return new FileVolumeDevice(fh, size, mode === 'read', !blockDevice);
+    return new FileVolumeDevice(fh, size, mode === 'read', !blockDevice, this.path);
   }
 
   /** creates a new sparse file of the given size; refuses to overwrite */

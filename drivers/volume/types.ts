@@ -5,6 +5,7 @@
  * arrive with their data, so an incremental touches only the chunks that changed.
  */
 import type { BlockDevice } from '../../blockdev/types.js';
+import type { DataExtent } from './extents.js';
 
 /** One changed extent of a change stream: data, or a range that now reads as zeroes. */
 export interface ChangedExtent {
@@ -40,6 +41,8 @@ export interface VolumeDevice extends BlockDevice {
   readonly sparseFile: boolean;
   /** makes the whole device read as zeroes with nothing allocated (regular files only) */
   makeSparse?(): Promise<void>;
+  /** the allocated extents, ascending (a sparse regular file): what is not in one reads as zeroes */
+  dataExtents?(): AsyncIterable<DataExtent>;
 }
 
 export interface VolumeDriver {

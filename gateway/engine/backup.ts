@@ -11,7 +11,8 @@ import { commitBatched, commitDurably } from '../../catalog/commit.js';
 import { MapBuilder, MapReader, holePage, pageEntriesFor } from '../../catalog/blockmap.js';
 import { encodeManifest } from '../../catalog/manifest.js';
 import { type BackupRecord, now, sizeGiB } from '../../catalog/records.js';
-import type { ChangeSource } from '../../drivers/volume/types.js';
+import type { ChangeSource, VolumeDevice } from '../../drivers/volume/types.js';
+import { DataCursor } from '../../drivers/volume/extents.js';
 import type { BlockDevice } from '../../blockdev/types.js';
 import type { Appliance } from '../appliance.js';
 import { RepoChunkReader } from '../read/chunk-reader.js';
@@ -218,24 +219,38 @@ async function copyVolume(app: Appliance, rec: BackupRecord, progress?: Progress
   const sink = new ChunkSink(app, new MapBuilder(count, undefined, false, (p) => app.repo.digest(p), pageEntriesFor(cs)), cs, app.config.pipelineDepth, true, seg);
   const dev = from ?? (await app.volumeDriver(catalog.volume(rec.volume_id)).open('read'));
   const check = cancelCheck(app, rec.id);
+  // a sparse file's holes are recorded as zero chunks without reading them
+  const data = 'dataExtents' in dev && typeof dev.dataExtents === 'function' ? new DataCursor((dev as VolumeDevice).dataExtents!()[Symbol.asyncIterator]()) : null;
   let read = 0;
   try {
     for (let i = 0; i < count && !sink.failed; i += seg) {
       check();
-      const slot = await sink.acquire();
+      if (data) {
+        // the whole segments before the next data are holes: recorded at once, never read
+        const next = await data.nextData(i * cs);
+        const holes = next >= rec.size_bytes ? count - i : Math.floor(next / (cs * seg)) * seg - i;
+        if (holes > 0) {
+          sink.putHole(i, Math.min(holes * cs, rec.size_bytes - i * cs));
+          i += holes - seg;
+          progress?.(Math.min((i + seg) * cs, rec.size_bytes), rec.size_bytes);
+          continue;
+        }
+      }
       const len = Math.min(cs * seg, rec.size_bytes - i * cs);
+      const slot = await sink.acquire();
       await readFully(dev, sink.buffer(slot).subarray(0, len), i * cs).catch((e: unknown) => {
         sink.discard(slot);
         throw e;
       });
       read += len;
       sink.put(i, slot, len);
-      progress?.(read, rec.size_bytes);
+      progress?.(i * cs + len, rec.size_bytes);
     }
   } catch (e) {
     await sink.settle();
     throw e;
   } finally {
+    await data?.close();
     if (!from) await dev.close?.();
   }
   const root = await sink.finish();

@@ -138,6 +138,21 @@ export class ChunkSink {
     this.inflight.add(job);
   }
 
+  /**
+   * Blocks i.. covering `len` bytes read as zeroes without being read (a hole of the volume):
+   * recorded as zero entries of the map, in order with the chunks put around them.
+   */
+  putHole(i: number, len: number): void {
+    const n = Math.ceil(len / this.chunkSize);
+    let lw = 0;
+    for (let k = 0; k < n; k++) {
+      this.builder.set(i + k, null);
+      if (this.sequential) lw = this.low.complete(i + k);
+      // a long run of holes hands over each page as it fills, not all at its end
+      if (this.sequential && (k === n - 1 || (i + k + 1) % this.builder.entries === 0)) this.flushPages(this.builder.takeFinishedPages(Math.floor(lw / this.builder.entries)));
+    }
+  }
+
   /** the blocks of a segment (blocks i.. of len bytes in the slot): one hash task and one encode task for them all */
   private async storeSegment(i: number, slot: number, len: number): Promise<void> {
     const { catalog, repo, pool } = this.app;

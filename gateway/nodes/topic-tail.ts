@@ -2,7 +2,8 @@
  * Reading every partition of a topic from its end, with no consumer group (no join delay, no
  * committed offsets): what each node does with the heartbeats and the other nodes' events. A
  * broker that is away is waited for (librdkafka reconnects); partitions added later are picked
- * up by a metadata refresh. Bad messages are the caller's business: `onMessage` gets bytes.
+ * up by a metadata refresh (one request at a time: each holds a thread of libuv's pool while
+ * the broker is away). Bad messages are the caller's business: `onMessage` gets bytes.
  */
 import { randomUUID } from 'node:crypto';
 import type { KafkaConsumer, Message } from 'node-rdkafka';
@@ -21,8 +22,18 @@ export async function tailTopic(brokers: string, topic: string, clientId: string
   let refresh: NodeJS.Timeout | undefined;
   let retry: NodeJS.Timeout | undefined;
 
+  // a metadata request blocks a thread of libuv's pool (4 by default, shared with every file read
+  // and write of the process) until it answers or times out: at most one at a time per tail, so a
+  // broker that is down never starves the backups of threads (it did: a chunk every 5 s); after a
+  // failed one, the next waits 10 s
+  let asking = false;
+  let notBefore = 0;
   const assignNew = (c: KafkaConsumer) => {
-    c.getMetadata({ topic, timeout: 5000 }, (err, md) => {
+    if (asking || Date.now() < notBefore) return;
+    asking = true;
+    c.getMetadata({ topic, timeout: 2000 }, (err, md) => {
+      asking = false;
+      if (err) notBefore = Date.now() + 10_000;
       if (err || closed) return;
       const parts = md.topics.find((x) => x.name === topic)?.partitions ?? [];
       const fresh = parts.map((p) => p.id).filter((p) => !assigned.has(p));

@@ -82,7 +82,7 @@ export async function startMount(t: ExecutionContext, dataDir: string, mnt: stri
     if (done) throw new Error(`blockgate mount exited early: ${out}`);
     const m = await findMount(mnt);
     return m && servingPid(m) === child.pid && out.includes('mounted');
-  });
+  }, 60_000); // a loaded machine (and an encrypted repository's key derivation) can take a while
   return { child, pid: child.pid!, mnt, output: () => out, exited };
 }
 
