@@ -27,7 +27,7 @@ import { type JobRecord, JobStore } from '../../catalog/jobs.js';
 import { decodeManifest } from '../../catalog/manifest.js';
 import { type BackupRecord, type VolumeRecord, now } from '../../catalog/records.js';
 import type { Appliance } from '../appliance.js';
-import { type Adoption, adoptedRecord, commitAdoption, fetchPages } from '../engine/adopt.js';
+import { type Adoption, adoptedRecord, commitAdoption, manifestIndex } from '../engine/adopt.js';
 import { baseConfig, rdkafka } from '../events/kafka-client.js';
 import { safeDisconnect } from '../events/kafka.js';
 import { beginDelete } from '../engine/delete.js';
@@ -416,9 +416,8 @@ export async function settleForwarded(app: Appliance, jobs: JobService, q: Clust
     } else if (manifest && b && b.status !== 'available') {
       const { manifest: m, root } = decodeManifest(manifest, job.backup_id);
       const t0 = Date.now();
-      const pages = await fetchPages(app, [m]);
-      // the chunk index learns these chunks at the next catalog rebuild; until then a backup here may write one again (never reads wrong)
-      const chunks = new Map();
+      // its pages and its chunks' index entries, so backups here deduplicate onto them
+      const { pages, chunks } = await manifestIndex(app, m);
       const vol = catalog.volumes.get(m.volume.id) ?? catalog.volumes.get(b.volume_id)!;
       const rec = adoptedRecord(m, vol, 'committed by another node of the cluster');
       const a: Adoption = { records: [rec], roots: new Map([[rec.id, root]]), volumes: new Map(), pages, chunks };
