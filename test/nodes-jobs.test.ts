@@ -14,7 +14,7 @@ import { consumeUntil, until } from './helpers/kafka.js';
 
 const N = 12;
 
-test.serial('12 backups submitted through node a run on several nodes; every node lists all 12; events in order on Kafka and in the logs; restore anywhere', async (t) => {
+test.serial('12 backups submitted through node a run on several nodes; every node lists all 12 and indexes their chunks; events in order on Kafka and in the logs; restore anywhere', async (t) => {
   const c = await startCluster(t, ['a', 'b', 'c']);
   const { dirs } = c;
   await until(async () => Object.values(await c.services('a')).filter((s) => s === 'up').length === 3, 30_000, 'three nodes up');
@@ -40,6 +40,16 @@ test.serial('12 backups submitted through node a run on several nodes; every nod
       return ids.every((id) => list.some((b) => b.id === id && b.status === 'available'));
     }, 120_000, `node ${n} lists the ${N} backups available`);
   }
+  // and every node's chunk index knows every chunk of them (its own backups' at commit, the others' when it adopted or settled them)
+  const indexed = async (n: string) => (await cliJson<{ chunks: number }>(dirs[n]!, ['repo', 'info'])).chunks;
+  const counts = await until(async () => {
+    const k = await Promise.all(['a', 'b', 'c'].map(indexed));
+    return k[0]! > 0 && k.every((x) => x === k[0]) ? k : null;
+  }, 60_000, 'the same chunk index on every node').catch(async (e: Error) => {
+    t.log(JSON.stringify(await Promise.all(['a', 'b', 'c'].map(indexed))));
+    throw e;
+  });
+  t.log(`chunk index entries on a, b, c: ${counts.join(', ')}`);
   const viaApi = await c.api<{ backups: { id: string; status: string }[] }>('a', 'GET', '/backups/detail?all_tenants=1');
   t.deepEqual(ids.map((id) => viaApi.body.backups.find((b) => b.id === id)?.status), ids.map(() => 'available'), "a's API shows them available");
 

@@ -62,6 +62,27 @@ export async function chunkEntries(app: Appliance, digests: Iterable<string>, si
   return out;
 }
 
+/** Sizes of the chunk objects named, from listings of just their directories (chunks/xx/), not of the whole repository. */
+export async function chunkSizes(app: Appliance, digests: Iterable<string>): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  const dirs = [...new Set([...digests].map((d) => d.slice(0, 2)))];
+  await runWindow(dirs, 16, async (dir) => {
+    for await (const o of app.repo.store.listInfo(`chunks/${dir}/`)) out.set(o.name.slice(o.name.lastIndexOf('/') + 1), o.size);
+  });
+  return out;
+}
+
+/**
+ * What adopting one manifest adds to this catalog besides its record: the pages it lacks and
+ * the chunk-index entries of its chunks the index lacks (sizes from their directories' listings).
+ */
+export async function manifestIndex(app: Appliance, m: Manifest): Promise<{ pages: Map<string, Buffer>; chunks: Map<string, ChunkInfo> }> {
+  const pages = await fetchPages(app, [m]);
+  const want = [...manifestChunks(m, (d) => pages.get(d) ?? app.catalog.pages.get(d)!)].filter((d) => !app.catalog.chunk(d));
+  const chunks = await chunkEntries(app, want, app.repo.packed || !want.length ? undefined : await chunkSizes(app, want));
+  return { pages, chunks };
+}
+
 /** The chunk digests the pages of a manifest name. */
 export function manifestChunks(m: Manifest, pages: (d: string) => Buffer): Set<string> {
   const out = new Set<string>();

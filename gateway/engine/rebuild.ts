@@ -11,7 +11,7 @@ import { type Manifest, decodeManifest } from '../../catalog/manifest.js';
 import type { VolumeRecord } from '../../catalog/records.js';
 import { readEpoch, writerLive } from '../../drivers/coordination.js';
 import type { Appliance } from '../appliance.js';
-import { type Adoption, adoptedRecord, chunkEntries, commitAdoption, fetchPages, manifestChunks, volumeFor } from './adopt.js';
+import { type Adoption, adoptedRecord, chunkEntries, commitAdoption, fetchPages, manifestChunks, manifestIndex, volumeFor } from './adopt.js';
 import { EPOCH_KEY } from './follow.js';
 import { followPacks } from './repack.js';
 
@@ -90,4 +90,42 @@ export async function rebuildCatalog(app: Appliance, opts: { onProgress?: (done:
   // chunks no manifest names yet (a backup being written elsewhere) stay unindexed: a GC decides about them
   if (!catalog.meta.get(EPOCH_KEY)) await catalog.meta.put(EPOCH_KEY, epoch);
   return report;
+}
+
+/**
+ * Adopts one backup from its manifest, as a rebuild would, without listing the repository:
+ * its record, map, volume, pages and chunk-index entries, in one transaction (what a node's
+ * follower does for each new manifest; a rebuild stays the repair). `present`: the catalog has
+ * it; `in-flight`: its writer has not settled it yet; `gone`: deleted meanwhile.
+ */
+export async function adoptBackup(app: Appliance, id: string, note: string): Promise<'added' | 'present' | 'in-flight' | 'gone'> {
+  const { catalog, repo } = app;
+  const have = catalog.backups.get(id);
+  if (have && have.status !== 'deleted') return 'present';
+  let buf: Buffer;
+  try {
+    buf = await repo.getManifest(id);
+  } catch (e) {
+    if ((e as { code?: string }).code === 'ENOENT') return 'gone';
+    throw e;
+  }
+  const { manifest: m, root } = decodeManifest(buf, id);
+  if (m.repository_id !== repo.config.id) throw new Error(`names repository ${m.repository_id}, not this one`);
+  if (m.backup.id !== id) throw new Error(`holds the record of backup ${m.backup.id}`);
+  if (m.writer && (await writerLive(repo.store, m.writer))) return 'in-flight';
+  const { pages, chunks } = await manifestIndex(app, m);
+  const volumes = new Map<string, VolumeRecord>();
+  const rec = adoptedRecord(m, volumeFor(app, m, volumes), note);
+  // a record that appeared meanwhile (this node's own commit, a settle) is left as it is
+  let raced = false;
+  await commitAdoption(app, { records: [rec], roots: new Map([[id, root]]), volumes, pages, chunks }, () => {
+    const cur = catalog.backups.get(id);
+    if (cur && cur.status !== 'deleted') {
+      raced = true;
+      throw new Error('present');
+    }
+  }).catch((e: Error) => {
+    if (!raced) throw e;
+  });
+  return raced ? 'present' : 'added';
 }

@@ -35,6 +35,8 @@ export type Liveness = (node: string, instance?: string) => boolean;
 
 export interface CancelRequest {
   reason: string;
+  /** a force-delete: the backup ends deleted (not error) */
+  delete?: boolean;
   node: string;
   at: string;
 }
@@ -85,8 +87,8 @@ export class JobClaims {
     return all.length && all.every((c) => this.lost(c)) ? all : [];
   }
 
-  async requestCancel(jobId: string, reason: string): Promise<void> {
-    const r: CancelRequest = { reason, node: this.node, at: new Date().toISOString() };
+  async requestCancel(jobId: string, reason: string, del = false): Promise<void> {
+    const r: CancelRequest = { reason, ...(del ? { delete: true } : {}), node: this.node, at: new Date().toISOString() };
     await this.store.put(`${prefix(jobId)}cancel.json`, Buffer.from(JSON.stringify(r)));
   }
 

@@ -1,8 +1,9 @@
 /**
  * Each node's catalog follows the shared repository, which stays the truth: every `pollMs`
  * (and at once when another node's backup.* event arrives over Kafka) the node lists the
- * manifests, adopts the backups it does not have (engine/rebuild.ts: manifests, pages, chunk
- * index, volumes) and marks `deleted` the available ones whose manifest is gone; a new GC
+ * manifests, adopts the backups it does not have — each new one alone (engine/rebuild.ts
+ * adoptBackup: record, pages, its chunks' index entries, volume), or by a full rebuild when
+ * it is far behind — and marks `deleted` the available ones whose manifest is gone; a new GC
  * epoch is followed as at open (engine/follow.ts). Other nodes' events are relayed to this
  * node's bus subscribers (never into its own log, which would ship them again).
  */
@@ -11,7 +12,10 @@ import { now } from '../../catalog/records.js';
 import type { Appliance } from '../appliance.js';
 import type { BlockgateEvent } from '../events/bus.js';
 import { followRepository } from '../engine/follow.js';
-import { rebuildCatalog } from '../engine/rebuild.js';
+import { adoptBackup, rebuildCatalog } from '../engine/rebuild.js';
+
+/** more new manifests than this at once: a full rebuild (one listing of the repository) instead of one adoption each */
+const REBUILD_PAST = 64;
 import { type TopicTail, tailTopic } from './topic-tail.js';
 
 export interface FollowStats {
@@ -96,11 +100,24 @@ export class CatalogFollower {
       const ids = new Set<string>();
       for await (const id of app.repo.listManifests()) ids.add(id);
       const missing = [...ids].filter((id) => !app.catalog.backups.get(id));
-      if (missing.length) {
+      if (missing.length > REBUILD_PAST) {
+        // far behind (a node that was away a long time): one rebuild lists the repository once for all
         const r = await rebuildCatalog(app);
         this.stats.adopted += r.added;
         if (r.added) this.log('info', { event: 'catalog-followed', added: r.added, inFlight: r.inFlight }, `adopted ${r.added} backups made on other nodes`);
         for (const e of r.errors) this.log('warn', { event: 'adopt-failed', backup: e.backup, error: e.error }, `cannot adopt backup ${e.backup}: ${e.error}`);
+      } else if (missing.length) {
+        // a few new manifests: each adopted alone (record, pages, its chunks' index entries), no listing of the repository
+        let added = 0;
+        for (const id of missing) {
+          try {
+            if ((await adoptBackup(app, id, 'made on another node of the cluster')) === 'added') added++;
+          } catch (e) {
+            this.log('warn', { event: 'adopt-failed', backup: id, error: (e as Error).message }, `cannot adopt backup ${id}: ${(e as Error).message}`);
+          }
+        }
+        this.stats.adopted += added;
+        if (added) this.log('info', { event: 'catalog-followed', added }, `adopted ${added} backups made on other nodes`);
       }
       const gone: string[] = [];
       await app.catalog.env.transaction(() => {

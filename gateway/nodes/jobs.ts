@@ -27,7 +27,7 @@ import { type JobRecord, JobStore } from '../../catalog/jobs.js';
 import { decodeManifest } from '../../catalog/manifest.js';
 import { type BackupRecord, type VolumeRecord, now } from '../../catalog/records.js';
 import type { Appliance } from '../appliance.js';
-import { type Adoption, adoptedRecord, commitAdoption, fetchPages } from '../engine/adopt.js';
+import { type Adoption, adoptedRecord, commitAdoption, manifestIndex } from '../engine/adopt.js';
 import { baseConfig, rdkafka } from '../events/kafka-client.js';
 import { safeDisconnect } from '../events/kafka.js';
 import { beginDelete } from '../engine/delete.js';
@@ -164,7 +164,16 @@ export class ClusterJobQueue extends LocalJobQueue {
     if (j?.params?.cluster && j.status === 'queued' && !this.isLocal(id)) {
       // not started anywhere yet (or running elsewhere): recording the outcome makes every node skip it
       const c = await this.o.claims.claim(j.id, 1);
-      if (!c.won && 'busy' in c) return 'none';
+      if (!c.won && 'busy' in c) {
+        // running on another node: that node sees the request when it next renews its claim, stops
+        // the job (a force-delete: the backup ends deleted there) and records the outcome, which
+        // settles the record here (settleForwarded)
+        const del = this.app.catalog.backups.get(j.backup_id)?.status === 'deleting';
+        await this.o.claims.requestCancel(j.id, reason, del);
+        this.store.update(id, () => ({ cancel: { reason, reset_to: resetTo } }));
+        this.o.log('info', { event: 'job-cancel-sent', job: j.id, backup: j.backup_id, node: c.busy.node }, `job ${j.id} runs on node ${c.busy.node}: asked it to stop (${reason})`);
+        return 'signalled';
+      }
       await this.o.claims.finish(j.id, { status: 'cancelled', fail_reason: reason }, c.won ? [c.claim] : []);
       await this.handlers1().backup.dropped?.({ ...j, cancel: { reason, reset_to: resetTo } }, reason);
       this.end(id, 'cancelled', reason);
@@ -282,7 +291,7 @@ export class ClusterJobQueue extends LocalJobQueue {
         const [done, cancel] = await Promise.all([this.o.claims.outcome(job.id), this.o.claims.cancelRequest(job.id)]);
         if (stopped || (!done && !cancel) || !this.isLocal(job.id)) return;
         stopped = true;
-        if (cancel && !done) {
+        if (cancel?.delete && !done) {
           // as a force-delete here would: the job sees `deleting`, stops, and the backup ends deleted
           try {
             beginDelete(this.app, job.backup_id, { force: true });
@@ -393,12 +402,22 @@ export async function settleForwarded(app: Appliance, jobs: JobService, q: Clust
       lostHere = true;
       log('warn', { event: 'job-lost-node', job: job.id, backup: job.backup_id, node: nodes }, reason);
     }
-    if (manifest && b && b.status !== 'available') {
+    if (b && b.status === 'deleting') {
+      // force-deleted here while it ran elsewhere: stopped there, or committed before it saw the request (then deleted now)
+      if (manifest) await app.repo.deleteManifest(b.id);
+      const reason = 'cancelled by delete --force';
+      const out = catalog.transition(b.id, ['deleting'], 'deleted', { owner: null, fail_reason: reason });
+      catalog.maps.remove(b.id);
+      catalog.unregisterWriter(b.id);
+      // the node that stopped it said so already
+      if (outcome?.backup_status !== 'deleted') app.events.emit('backup.delete.end', b.id, backupPayload(out));
+      q.end(job.id, 'cancelled', reason);
+      log('info', { event: 'forwarded-settled', job: job.id, backup: b.id, status: 'deleted', committed: !!manifest }, `backup ${b.id}, force-deleted while it ran on another node, is deleted${manifest ? ' (it had committed: its manifest is removed)' : ''}`);
+    } else if (manifest && b && b.status !== 'available') {
       const { manifest: m, root } = decodeManifest(manifest, job.backup_id);
       const t0 = Date.now();
-      const pages = await fetchPages(app, [m]);
-      // the chunk index learns these chunks at the next catalog rebuild; until then a backup here may write one again (never reads wrong)
-      const chunks = new Map();
+      // its pages and its chunks' index entries, so backups here deduplicate onto them
+      const { pages, chunks } = await manifestIndex(app, m);
       const vol = catalog.volumes.get(m.volume.id) ?? catalog.volumes.get(b.volume_id)!;
       const rec = adoptedRecord(m, vol, 'committed by another node of the cluster');
       const a: Adoption = { records: [rec], roots: new Map([[rec.id, root]]), volumes: new Map(), pages, chunks };
