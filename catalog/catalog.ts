@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { MapReader, type PageLoader, pageEntriesFor } from './blockmap.js';
 import { FactsCache } from './facts.js';
+import { Tallies, watchWrites } from './tally.js';
 import { identityState, selfIdentity } from '../drivers/process-identity.js';
 import { resumableRestores, servingSession } from './sessions.js';
 import { type BackupRecord, type BackupStatus, type BackupView, type Owner, type VolumeRecord, isLive, now } from './records.js';
@@ -85,6 +86,8 @@ export class Catalog {
   readonly meta: Database<unknown, string>;
   /** what quota checks and job ends read of every backup, without decoding each record each time */
   readonly backupFacts: FactsCache<BackupRecord, BackupFact>;
+  /** per-project counts for quotas, kept with every backup write (catalog/tally.ts) */
+  readonly tallies: Tallies;
 
   constructor(readonly path: string) {
     // the catalog is private to the appliance's user, whatever the umask
@@ -94,7 +97,8 @@ export class Catalog {
     for (const f of fs.readdirSync(path)) fs.chmodSync(join(path, f), 0o600);
     this.volumes = this.env.openDB({ name: 'volumes' });
     this.volumeNames = this.env.openDB({ name: 'volume-names' });
-    this.backups = this.env.openDB({ name: 'backups' });
+    this.tallies = new Tallies(this.env);
+    this.backups = watchWrites(this.env, this.env.openDB<BackupRecord, string>({ name: 'backups' }), (id, before, after) => this.tallies.backupWritten(id, before, after));
     this.maps = this.env.openDB({ name: 'maps', encoding: 'binary' });
     this.pages = this.env.openDB({ name: 'pages', encoding: 'binary' });
     this.chunks = this.env.openDB({ name: 'chunks' });

@@ -17,6 +17,9 @@ import { randomUUID } from 'node:crypto';
 import { ownerAlive, ownerHere } from './catalog.js';
 import { type Owner, now } from './records.js';
 import { FactsCache } from './facts.js';
+import type { Tallies } from './tally.js';
+
+type Counted = { project_id: string; status: string; size: number };
 
 export const QUOTA_KEYS = ['backups', 'backup_gigabytes'] as const;
 export type QuotaKey = (typeof QUOTA_KEYS)[number];
@@ -54,11 +57,15 @@ export class QuotaStore {
 
   constructor(
     readonly env: RootDatabase,
-    /** the project, size (GiB) and status of every backup */
-    private readonly backups: () => Iterable<{ id: string; project_id: string; status: string; size: number }>,
+    private readonly tallies: Tallies,
+    /** a backup's project, size (GiB) and status */
+    private readonly backup: (id: string) => Counted | undefined,
+    /** every backup (to build the tallies of a catalog made before them) */
+    backups: () => Iterable<Counted & { id: string }>,
   ) {
     this.db = env.openDB<unknown, string>({ name: 'projects' });
     this.held = new FactsCache(env, 'projects', this.db, (r) => r as Reservation, { start: 'res:', end: 'res;' });
+    if (!tallies.built()) env.transactionSync(() => tallies.rebuild(backups(), this.reservations()));
   }
 
   limits(project: string): Limits {
@@ -81,19 +88,19 @@ export class QuotaStore {
   /** `reserving`: a backup already recorded whose reservation is being taken (not counted as in use) */
   usage(project: string, reserving: string | null = null): Record<QuotaKey, UsageLine> {
     const limits = this.limits(project);
-    const res = this.reservations().filter((r) => r.project === project);
-    const covered = new Set([...res.map((r) => r.backup_id), reserving].filter(Boolean));
-    let count = 0;
-    let gb = 0;
-    for (const b of this.backups()) {
-      if (b.project_id !== project || b.status === 'deleted' || covered.has(b.id)) continue;
-      count++;
-      gb += b.size;
+    const used = this.tallies.get('used', project);
+    const cov = this.tallies.get('cov', project);
+    const held = this.tallies.get('held', project);
+    let count = used.n - cov.n;
+    let gb = used.gb - cov.gb;
+    const r = reserving && this.db.get(`resb:${reserving}`) === undefined ? this.backup(reserving) : undefined;
+    if (r && r.status !== 'deleted' && r.project_id === project) {
+      count--;
+      gb -= r.size;
     }
-    const reserved = { backups: res.reduce((s, r) => s + r.backups, 0), gigabytes: res.reduce((s, r) => s + r.gigabytes, 0) };
     return {
-      backups: { limit: limits.backups, in_use: count, reserved: reserved.backups, allocated: 0 },
-      backup_gigabytes: { limit: limits.backup_gigabytes, in_use: gb, reserved: reserved.gigabytes, allocated: 0 },
+      backups: { limit: limits.backups, in_use: count, reserved: held.n, allocated: 0 },
+      backup_gigabytes: { limit: limits.backup_gigabytes, in_use: gb, reserved: held.gb, allocated: 0 },
     };
   }
 
@@ -108,8 +115,10 @@ export class QuotaStore {
       if (g.limit >= 0 && g.in_use + g.reserved + gigabytes > g.limit) {
         throw new QuotaExceededError(`Requested backup exceeds allowed Backup gigabytes quota. Requested ${gigabytes}G, quota is ${g.limit}G and ${g.in_use + g.reserved}G has been consumed.`);
       }
-      out = { id: randomUUID(), project, backups: 1, gigabytes, backup_id: backupId, owner: ownerHere(), created_at: now() };
+      out = { id: randomUUID(), project, backups: 1, gigabytes, backup_id: null, owner: ownerHere(), created_at: now() };
       this.db.putSync(`res:${out.id}`, out);
+      this.tallies.add('held', project, out.backups, out.gigabytes);
+      if (backupId) out = this.name(out, backupId);
     });
     return out;
   }
@@ -118,25 +127,44 @@ export class QuotaStore {
   attach(id: string, backupId: string): void {
     this.env.transactionSync(() => {
       const r = this.db.get(`res:${id}`) as Reservation | undefined;
-      if (r) this.db.putSync(`res:${id}`, { ...r, backup_id: backupId });
+      if (r && !r.backup_id) this.name(r, backupId);
     });
+  }
+
+  /** (inside a write transaction) */
+  private name(r: Reservation, backupId: string): Reservation {
+    const out = { ...r, backup_id: backupId };
+    this.db.putSync(`res:${r.id}`, out);
+    this.db.putSync(`resb:${backupId}`, r.id);
+    const b = this.backup(backupId);
+    if (b && b.status !== 'deleted') this.tallies.add('cov', b.project_id, 1, b.size);
+    return out;
   }
 
   /** ends a reservation (commit or release: what remains of the backup then counts as in use) */
   end(id: string | null | undefined): void {
-    if (id) this.db.removeSync(`res:${id}`);
+    if (id) this.env.transactionSync(() => this.drop(id));
+  }
+
+  /** (inside a write transaction) */
+  private drop(id: string): boolean {
+    const r = this.db.get(`res:${id}`) as Reservation | undefined;
+    if (!r) return false;
+    this.db.removeSync(`res:${id}`);
+    this.tallies.add('held', r.project, -r.backups, -r.gigabytes);
+    if (r.backup_id && this.db.get(`resb:${r.backup_id}`) === id) {
+      this.db.removeSync(`resb:${r.backup_id}`);
+      const b = this.backup(r.backup_id);
+      if (b && b.status !== 'deleted') this.tallies.add('cov', b.project_id, -1, -b.size);
+    }
+    return true;
   }
 
   /** drops reservations whose process has died */
   recover(): number {
     let n = 0;
     this.env.transactionSync(() => {
-      for (const r of this.reservations()) {
-        if (!ownerAlive(r.owner)) {
-          this.db.removeSync(`res:${r.id}`);
-          n++;
-        }
-      }
+      for (const r of this.reservations()) if (!ownerAlive(r.owner) && this.drop(r.id)) n++;
     });
     return n;
   }

@@ -100,3 +100,37 @@ test('quotas: a create beyond backups is refused with Cinder message and nothing
   t.is(app.catalog.listBackups().length, before);
   t.is(app.catalog.volume(v.id).status, 'available');
 });
+
+test('concurrent creates cannot overshoot the quota and a refused one leaves nothing; usage counted anew from every record is the same', async (t) => {
+  const app = await openApp(t);
+  const jobs = new JobService(app, { workers: 1 });
+  jobs.start();
+  t.teardown(() => jobs.stop());
+  const vols = await Promise.all(Array.from({ length: 6 }, (_, i) => volumeFrom(app, `c${i}`, randomBytes(CS))));
+  jobs.quotas.setLimits('default', { backups: 3 });
+  // submitted in the same moment: their transactions are children of one batch
+  const out = await Promise.allSettled(vols.map((v) => jobs.submitBackup({ volumeId: v.id, userId: 'u' })));
+  const accepted = out.filter((o) => o.status === 'fulfilled');
+  const refused = out.filter((o): o is PromiseRejectedResult => o.status === 'rejected');
+  t.is(accepted.length, 3);
+  t.true(refused.every((o) => (o.reason as Error).name === 'QuotaExceededError'));
+  // a refused create left nothing: no record, no writer, its volume available
+  t.is(app.catalog.listBackups().length, 3);
+  const backedUp = new Set(app.catalog.listBackups().map((b) => b.volume_id));
+  for (const v of vols) t.is(app.catalog.volume(v.id).status, backedUp.has(v.id) ? 'backing-up' : 'available');
+  t.is([...app.catalog.locks.getKeys({ start: 'w:', end: 'w;' })].length, 3);
+  const u = jobs.quotas.usage('default').backups;
+  t.is(u.in_use + u.reserved, 3);
+  for (const o of accepted) await jobs.queue.wait((o as PromiseFulfilledResult<{ job: { id: string } }>).value.job.id);
+  t.deepEqual(jobs.quotas.usage('default').backups, { limit: 3, in_use: 3, reserved: 0, allocated: 0 });
+  // the tallies built anew from the records (as for a catalog made before them) say the same
+  await jobs.stop();
+  app.catalog.env.transactionSync(() => {
+    for (const k of [...app.catalog.tallies.db.getKeys({ start: 'tally:', end: 'tally;' })]) app.catalog.tallies.db.removeSync(k);
+  });
+  t.false(app.catalog.tallies.built());
+  const again = new JobService(app, { workers: 1 });
+  t.true(app.catalog.tallies.built());
+  t.deepEqual(again.quotas.usage('default').backups, { limit: 3, in_use: 3, reserved: 0, allocated: 0 });
+  t.like(again.quotas.usage('default').backup_gigabytes, { in_use: 3, reserved: 0 });
+});

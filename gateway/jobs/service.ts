@@ -62,7 +62,7 @@ export class JobService {
     onError: (job: JobRecord, e: Error) => void = () => {},
   ) {
     this.store = new JobStore(app.catalog.env);
-    this.quotas = new QuotaStore(app.catalog.env, () => app.catalog.backupFacts.scan());
+    this.quotas = new QuotaStore(app.catalog.env, app.catalog.tallies, (id) => app.catalog.backups.get(id), () => app.catalog.backupFacts.scan());
     this.snapshots = new SnapshotStore(app.catalog.env);
     this.q = new LocalJobQueue(this.store, makeHandlers(app, this.quotas, this.store), opts.workers ?? 2, opts.maxQueued ?? 64, onError);
   }
