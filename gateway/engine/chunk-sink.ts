@@ -79,7 +79,7 @@ export class ChunkSink {
    */
   static commitEvery = 4096;
   /** ...or when the map pages waiting for the index pass this many bytes (they are kept whole until then) */
-  static commitPageBytes = 8 * 1024 * 1024;
+  static commitPageBytes = 2 * 1024 * 1024;
   private unstoredPageBytes = 0;
   /** a packed repository's commit of written packs, running in the background */
   private committing: Promise<void> | null = null;
@@ -257,7 +257,7 @@ export class ChunkSink {
 
   /** stores a page in the repository unless it is known; it is indexed at finish() */
   storePage(p: NewPage): Promise<void> {
-    if (this.app.catalog.pages.get(p.digest) || this.unstoredPages.has(p.digest)) return Promise.resolve();
+    if (this.unstoredPages.has(p.digest) || this.app.catalog.pages.doesExist(p.digest)) return Promise.resolve();
     this.unstoredPages.set(p.digest, p.bytes);
     this.unstoredPageBytes += p.bytes.length;
     const object = this.app.repo.encodePage(p.bytes, p.digest);

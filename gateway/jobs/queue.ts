@@ -113,13 +113,18 @@ export class LocalJobQueue implements JobQueue {
 
   constructor(
     store: JobStore,
-    private readonly handlers: JobHandlers,
+    protected readonly handlers: JobHandlers,
     readonly workers = 2,
     readonly maxQueued = 64,
     private readonly onError: (job: JobRecord, e: Error) => void = () => {},
   ) {
     this.store = store;
     if (!Number.isInteger(workers) || workers < 1) throw new RangeError('workers must be a whole number of at least 1');
+  }
+
+  /** the job runs in this process now */
+  runsHere(id: string): boolean {
+    return this.running.has(id);
   }
 
   get(id: string): JobRecord | undefined {
@@ -279,7 +284,8 @@ export class LocalJobQueue implements JobQueue {
     this.running.set(job.id, { abort, done });
   }
 
-  private finish(id: string, status: JobStatus, error: string | null): void {
+  /** ends a job record (and wakes its waiters); a queue built on this one ends what it ran elsewhere with it */
+  protected finish(id: string, status: JobStatus, error: string | null): void {
     this.ended(id, this.store.update(id, ending(status, error)));
   }
 

@@ -51,7 +51,10 @@ export class JobService {
   readonly store: JobStore;
   readonly quotas: QuotaStore;
   readonly snapshots: SnapshotStore;
-  readonly queue: LocalJobQueue;
+  private q: LocalJobQueue;
+  get queue(): LocalJobQueue {
+    return this.q;
+  }
 
   constructor(
     readonly app: Appliance,
@@ -61,7 +64,7 @@ export class JobService {
     this.store = new JobStore(app.catalog.env);
     this.quotas = new QuotaStore(app.catalog.env, app.catalog.tallies, (id) => app.catalog.backups.get(id), () => app.catalog.backupFacts.scan());
     this.snapshots = new SnapshotStore(app.catalog.env);
-    this.queue = new LocalJobQueue(this.store, makeHandlers(app, this.quotas, this.store), opts.workers ?? 2, opts.maxQueued ?? 64, onError);
+    this.q = new LocalJobQueue(this.store, makeHandlers(app, this.quotas, this.store), opts.workers ?? 2, opts.maxQueued ?? 64, onError);
   }
 
   get jobQueue(): JobQueue {
@@ -69,6 +72,11 @@ export class JobService {
   }
 
   /** settles or resumes what a dead process left, then dispatches */
+  /** runs its jobs on `q` instead (the cluster's queue, gateway/nodes/jobs.ts); before start only */
+  useQueue(q: LocalJobQueue): void {
+    this.q = q;
+  }
+
   start(): ReturnType<typeof recoverJobs> {
     const summary = recoverJobs(this);
     this.queue.start();

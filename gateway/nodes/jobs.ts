@@ -113,7 +113,7 @@ export class ClusterJobQueue extends LocalJobQueue {
       if (!job || job.status !== 'queued') return;
       const reason = `the Kafka jobs topic did not take the job (${err.message}); submit it again when the broker is back`;
       this.o.log('warn', { event: 'job-not-queued', job: job.id, backup: job.backup_id, error: err.message }, reason);
-      void Promise.resolve(this.handlers1().backup.dropped?.(job, reason)).then(() => this.end(job.id, 'error', reason));
+      void Promise.resolve(this.handlers.backup.dropped?.(job, reason)).then(() => this.end(job.id, 'error', reason));
     });
     await new Promise<void>((resolve, reject) => p.connect({ timeout: 10_000 }, (err) => (err ? reject(new Error(`kafka ${this.o.brokers}: ${err.message}`)) : resolve())));
     this.producer = p;
@@ -161,7 +161,7 @@ export class ClusterJobQueue extends LocalJobQueue {
 
   override async cancel(id: string, reason: string, resetTo: string | null = null): Promise<'dequeued' | 'signalled' | 'none'> {
     const j = this.store.get(id);
-    if (j?.params?.cluster && j.status === 'queued' && !this.isLocal(id)) {
+    if (j?.params?.cluster && j.status === 'queued' && !this.runsHere(id)) {
       // not started anywhere yet (or running elsewhere): recording the outcome makes every node skip it
       const c = await this.o.claims.claim(j.id, 1);
       if (!c.won && 'busy' in c) {
@@ -175,7 +175,7 @@ export class ClusterJobQueue extends LocalJobQueue {
         return 'signalled';
       }
       await this.o.claims.finish(j.id, { status: 'cancelled', fail_reason: reason }, c.won ? [c.claim] : []);
-      await this.handlers1().backup.dropped?.({ ...j, cancel: { reason, reset_to: resetTo } }, reason);
+      await this.handlers.backup.dropped?.({ ...j, cancel: { reason, reset_to: resetTo } }, reason);
       this.end(id, 'cancelled', reason);
       return 'dequeued';
     }
@@ -289,7 +289,7 @@ export class ClusterJobQueue extends LocalJobQueue {
       try {
         await this.o.claims.renew(job.id, claim);
         const [done, cancel] = await Promise.all([this.o.claims.outcome(job.id), this.o.claims.cancelRequest(job.id)]);
-        if (stopped || (!done && !cancel) || !this.isLocal(job.id)) return;
+        if (stopped || (!done && !cancel) || !this.runsHere(job.id)) return;
         stopped = true;
         if (cancel?.delete && !done) {
           // as a force-delete here would: the job sees `deleting`, stops, and the backup ends deleted
@@ -341,17 +341,9 @@ export class ClusterJobQueue extends LocalJobQueue {
   /** set by the node: bring the catalog up to the repository (an incremental's parent) */
   onNeedParent?: () => Promise<void>;
 
-  private handlers1(): JobHandlers {
-    return (this as unknown as { handlers: JobHandlers }).handlers;
-  }
-
-  private isLocal(id: string): boolean {
-    return (this as unknown as { running: Map<string, unknown> }).running.has(id);
-  }
-
   /** ends a job record of this node (and wakes its waiters) */
   end(id: string, status: 'done' | 'error' | 'cancelled', error: string | null): void {
-    (this as unknown as { finish(id: string, s: string, e: string | null): void }).finish(id, status, error);
+    this.finish(id, status, error);
   }
 
   override stats(): { running: number; queued: number } {
@@ -382,7 +374,7 @@ export async function settleForwarded(app: Appliance, jobs: JobService, q: Clust
   let n = 0;
   for (const job of jobs.store.active()) {
     if (!job.params?.cluster || job.params.origin || job.kind !== 'backup') continue;
-    if ((q as unknown as { running: Map<string, unknown> }).running.has(job.id)) continue; // running here
+    if (q.runsHere(job.id)) continue
     const b = catalog.backups.get(job.backup_id);
     let manifest: Buffer | undefined;
     try {

@@ -8,7 +8,6 @@ import type { Appliance } from '../appliance.js';
 import type { Daemon } from '../daemon.js';
 import type { JobRecord } from '../../catalog/jobs.js';
 import { makeHandlers } from '../jobs/handlers.js';
-import type { LocalJobQueue } from '../jobs/queue.js';
 import type { JobService } from '../jobs/service.js';
 import { JobClaims } from './claims.js';
 import { ClusterJobQueue, settleForwarded } from './jobs.js';
@@ -88,7 +87,7 @@ export async function installClusterJobs(d: Daemon, jobs: JobService, onError: (
   const q = new ClusterJobQueue(d.app, jobs.store, makeHandlers(d.app, jobs.quotas, jobs.store), jobs.queue.workers, jobs.queue.maxQueued, onError, { brokers: k.brokers, topic: k.jobsTopic, node: node.name, sharedPaths: k.sharedPaths, claims, log });
   await q.connect();
   q.onNeedParent = () => node.follower?.sync() ?? Promise.resolve();
-  (jobs as { queue: LocalJobQueue }).queue = q;
+  jobs.useQueue(q);
   node.heartbeats.load = () => ({ workers: q.workers, running: q.stats().running });
   // forwarded jobs settle after each follow, and every second on their own (a long follow, adopting
   // many backups, never holds back the end of a job whose node was lost); one pass at a time

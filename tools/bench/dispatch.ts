@@ -11,7 +11,6 @@ import { Appliance } from '../../gateway/appliance.js';
 import { loadConfig } from '../../gateway/config.js';
 import { createVolume } from '../../gateway/engine/volumes.js';
 import { JobService } from '../../gateway/jobs/service.js';
-import type { LocalJobQueue } from '../../gateway/jobs/queue.js';
 import { makeHandlers } from '../../gateway/jobs/handlers.js';
 import { JobClaims } from '../../gateway/nodes/claims.js';
 import { ClusterJobQueue } from '../../gateway/nodes/jobs.js';
@@ -26,7 +25,7 @@ async function node(dir: string, repo: string, name: string, brokers?: string, s
   if (k) {
     const q = new ClusterJobQueue(app, jobs.store, makeHandlers(app, jobs.quotas, jobs.store), 2, 64, () => {}, { brokers: k.brokers, topic: k.jobsTopic, node: name, sharedPaths: k.sharedPaths, claims: new JobClaims(app.repo.store, name, 5000), log: () => {} });
     await q.connect();
-    (jobs as { queue: LocalJobQueue }).queue = q;
+    jobs.useQueue(q);
   }
   jobs.start();
   return { app, jobs };
