@@ -1,6 +1,7 @@
 /** The submitting node's side of a forwarded job (gateway/nodes/jobs.ts): settled from the repository. */
 import type { Appliance } from '../appliance.js';
 import { decodeManifest } from '../../catalog/manifest.js';
+import { writerLive } from '../../drivers/coordination.js';
 import { type Adoption, adoptedRecord, commitAdoption, manifestIndex } from '../engine/adopt.js';
 import { backupPayload, endBackingUp } from '../jobs/handlers.js';
 import type { JobService } from '../jobs/service.js';
@@ -18,13 +19,19 @@ export async function settleForwarded(app: Appliance, jobs: JobService, q: Clust
   let n = 0;
   for (const job of jobs.store.active()) {
     if (!job.params?.cluster || job.params.origin || job.kind !== 'backup') continue;
-    if (q.runsHere(job.id)) continue
+    if (q.runsHere(job.id)) continue;
     const b = catalog.backups.get(job.backup_id);
     let manifest: Buffer | undefined;
     try {
       manifest = await app.repo.getManifest(job.backup_id);
     } catch {
       /* not committed (yet) */
+    }
+    // a manifest whose writer still holds its lease is not settled yet (its writer may still
+    // remove it: a GC epoch changed under it), as a catalog rebuild leaves it: the next round takes it
+    if (manifest && b?.status === 'creating') {
+      const { manifest: m } = decodeManifest(manifest, job.backup_id);
+      if (m.writer && (await writerLive(app.repo.store, m.writer))) continue;
     }
     let outcome: Outcome | null = manifest ? null : await claims.outcome(job.id);
     let lostHere = false;
