@@ -39,11 +39,12 @@ out.flush()
 `;
 
 // Debian's interpreter by its path: a `python3` found first on PATH may be a shim that runs a shell per call
-let python = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+const DEFAULT_PYTHON = fs.existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+let python = DEFAULT_PYTHON;
 let helperMissing = false;
 
-/** the interpreter that runs the helper (tests: one that does not exist) */
-export function useHoleHelper(interpreter: string): void {
+/** the interpreter that runs the helper (tests: one that does not exist; no argument: the default again) */
+export function useHoleHelper(interpreter = DEFAULT_PYTHON): void {
   python = interpreter;
   helperMissing = false;
 }
@@ -54,10 +55,7 @@ export function useHoleHelper(interpreter: string): void {
  * before); a helper that fails yields what it listed and then the rest of the file as data.
  */
 export async function* dataExtents(path: string, size: number): AsyncGenerator<DataExtent> {
-  if (helperMissing) {
-    if (size > 0) yield { start: 0, end: size };
-    return;
-  }
+  if (helperMissing) return yield* allData(size);
   const child = spawn(python, ['-c', HELPER, path], { stdio: ['ignore', 'pipe', 'pipe'] });
   child.stderr.resume(); // a failure shows as its exit status; the rest of the file is then read as data
   const spawned = new Promise<boolean>((resolve) => {
@@ -94,6 +92,11 @@ export async function* dataExtents(path: string, size: number): AsyncGenerator<D
   if (!ok && covered < size) yield { start: covered, end: size };
 }
 
+/** a device without hole information: all of it is data */
+export async function* allData(size: number): AsyncGenerator<DataExtent> {
+  if (size > 0) yield { start: 0, end: size };
+}
+
 /**
  * Walks the extents once for ascending queries: where the next data at or after an offset
  * starts, so a reader can pass over a whole run of holes at once.
@@ -101,7 +104,10 @@ export async function* dataExtents(path: string, size: number): AsyncGenerator<D
 export class DataCursor {
   private cur: DataExtent | null = null;
   private done = false;
-  constructor(private readonly it: AsyncIterator<DataExtent>) {}
+  private readonly it: AsyncIterator<DataExtent>;
+  constructor(extents: AsyncIterable<DataExtent>) {
+    this.it = extents[Symbol.asyncIterator]();
+  }
 
   /** the first data byte at or after `offset` (Infinity: none) */
   async nextData(offset: number): Promise<number> {

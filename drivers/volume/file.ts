@@ -10,7 +10,7 @@ import { promisify } from 'node:util';
 import { BlockDeviceError, type Extent } from '../../blockdev/types.js';
 import { checkRange, zeroByWrites } from '../../blockdev/filter.js';
 import type { VolumeDevice, VolumeDriver } from './types.js';
-import { type DataExtent, dataExtents } from './extents.js';
+import { type DataExtent, allData, dataExtents } from './extents.js';
 
 const run = promisify(execFile);
 
@@ -90,11 +90,7 @@ export class FileVolumeDevice implements VolumeDevice {
 
   /** a regular file's data extents (SEEK_DATA/SEEK_HOLE); a block device is all data */
   dataExtents(): AsyncIterable<DataExtent> {
-    const size = this.size;
-    if (this.sparseFile && this.path) return dataExtents(this.path, size);
-    return (async function* () {
-      if (size > 0) yield { start: 0, end: size };
-    })();
+    return this.sparseFile && this.path ? dataExtents(this.path, this.size) : allData(this.size);
   }
 
   /** makes a regular file all holes (used before a restore writes only the data chunks) */

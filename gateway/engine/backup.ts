@@ -220,7 +220,8 @@ async function copyVolume(app: Appliance, rec: BackupRecord, progress?: Progress
   const dev = from ?? (await app.volumeDriver(catalog.volume(rec.volume_id)).open('read'));
   const check = cancelCheck(app, rec.id);
   // a sparse file's holes are recorded as zero chunks without reading them
-  const data = 'dataExtents' in dev && typeof dev.dataExtents === 'function' ? new DataCursor((dev as VolumeDevice).dataExtents!()[Symbol.asyncIterator]()) : null;
+  const extents = (dev as Partial<VolumeDevice>).dataExtents?.();
+  const data = extents ? new DataCursor(extents) : null;
   let read = 0;
   try {
     for (let i = 0; i < count && !sink.failed; i += seg) {
@@ -231,8 +232,8 @@ async function copyVolume(app: Appliance, rec: BackupRecord, progress?: Progress
         const holes = next >= rec.size_bytes ? count - i : Math.floor(next / (cs * seg)) * seg - i;
         if (holes > 0) {
           sink.putHole(i, Math.min(holes * cs, rec.size_bytes - i * cs));
-          i += holes - seg;
-          progress?.(Math.min((i + seg) * cs, rec.size_bytes), rec.size_bytes);
+          progress?.(Math.min((i + holes) * cs, rec.size_bytes), rec.size_bytes);
+          i += holes - seg; // the loop's step brings it to the first block after the holes
           continue;
         }
       }
