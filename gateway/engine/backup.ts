@@ -16,6 +16,7 @@ import { DataCursor } from '../../drivers/volume/extents.js';
 import type { BlockDevice } from '../../blockdev/types.js';
 import type { Appliance } from '../appliance.js';
 import { RepoChunkReader } from '../read/chunk-reader.js';
+import { mapData } from '../read/map-walk.js';
 import { ChunkSink } from './chunk-sink.js';
 import { type HeldObject, describeHolder, readEpoch, runningGc, startWriterLease } from '../../drivers/coordination.js';
 import { followRepository } from './follow.js';
@@ -192,11 +193,7 @@ function stepTimer(): ((name: string) => void) & { report(id: string): void } {
 const SEGMENT_BYTES = 4 * 1024 * 1024;
 
 function namesCorrupt(app: Appliance, b: BackupRecord): boolean {
-  const map = app.catalog.mapReader(b);
-  for (let i = 0; i < map.chunkCount; i++) {
-    const d = map.entry(i);
-    if (d && app.catalog.isCorrupt(d)) return true;
-  }
+  for (const r of mapData(app.catalog.mapReader(b), b.size_bytes, b.chunk_size)) if (app.catalog.isCorrupt(r.digest)) return true;
   return false;
 }
 
@@ -378,11 +375,9 @@ function recountFromMap(app: Appliance, rec: BackupRecord, root: Buffer): Backup
   const r = new MapReader(root, count, app.catalog.loadPage, pageEntriesFor(rec.chunk_size));
   let objects = 0;
   let bytes = 0;
-  for (let i = 0; i < count; i++) {
-    if (r.entry(i)) {
-      objects++;
-      bytes += Math.min(rec.chunk_size, rec.size_bytes - i * rec.chunk_size);
-    }
+  for (const run of mapData(r, rec.size_bytes, rec.chunk_size)) {
+    objects++;
+    bytes += run.length;
   }
   return { ...rec, object_count: objects, data_bytes: bytes };
 }
