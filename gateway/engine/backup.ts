@@ -15,7 +15,6 @@ import type { ChangeSource, VolumeDevice } from '../../drivers/volume/types.js';
 import { DataCursor } from '../../drivers/volume/extents.js';
 import type { BlockDevice } from '../../blockdev/types.js';
 import type { Appliance } from '../appliance.js';
-import { RepoChunkReader } from '../read/chunk-reader.js';
 import { mapData } from '../read/map-walk.js';
 import { ChunkSink } from './chunk-sink.js';
 import { type HeldObject, describeHolder, readEpoch, runningGc, startWriterLease } from '../../drivers/coordination.js';
@@ -267,7 +266,8 @@ async function copyChanges(app: Appliance, rec: BackupRecord, source: ChangeSour
   const count = Math.ceil(rec.size_bytes / cs);
   const base = parent ? { root: catalog.mapRoot(parent.id), chunkCount: Math.ceil(parent.size_bytes / parent.chunk_size), load: catalog.loadPage } : undefined;
   const parentMap = parent ? catalog.mapReader(parent) : null;
-  const chunks = new RepoChunkReader(app.repo, app.pool);
+  // the parent's chunks through the appliance's cache (an NBD export or a mount of the parent may hold them)
+  const chunks = app.chunks;
   const entries = pageEntriesFor(cs);
   const sink = new ChunkSink(app, new MapBuilder(count, base, true, (p) => app.repo.digest(p), entries), cs, app.config.pipelineDepth, false);
   if (!parent) await sink.storePage({ digest: app.repo.digest(holePage(entries)), bytes: holePage(entries) });
