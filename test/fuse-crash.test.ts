@@ -90,15 +90,36 @@ test('SIGKILL of the server: its auto_unmount helper takes the mount down; its r
   t.teardown(() => fh.close().catch(() => undefined));
   const refused = await cli(s.data, ['backup', 'delete', s.id]);
   t.is(refused.code, 4);
-  t.truthy(await helperOf(m.pid), 'a fusermount helper watches the server');
+  const helper = await helperOf(m.pid);
+  t.truthy(helper, 'a fusermount helper watches the server');
   m.child.kill('SIGKILL');
   await m.exited;
-  await waitFor('the helper to unmount', async () => !(await findMount(s.mnt)), 60_000);
+  try {
+    await waitFor('the helper to unmount', async () => !(await findMount(s.mnt)), 60_000);
+  } catch (e) {
+    // say where the helper is stuck (or that it left without unmounting), for the next run
+    t.log(helperState(helper!));
+    throw e;
+  }
   t.deepEqual(await mountsUnder(s.dir), []);
   // the open file now fails instead of hanging
   await t.throwsAsync(fh.read(Buffer.alloc(10), 0, 10, 0));
   t.is((await cli(s.data, ['backup', 'delete', s.id])).code, 0, 'a dead reader does not block delete');
 });
+
+/** what a process is doing: state, wait channel, kernel stack, and the file locks held on the machine */
+function helperState(pid: number): string {
+  const read = (f: string) => {
+    try {
+      return fs.readFileSync(f, 'utf8').trim();
+    } catch (e) {
+      return `(${(e as Error).message})`;
+    }
+  };
+  if (!pidAlive(pid)) return `the helper (pid ${pid}) has exited without unmounting`;
+  const state = read(`/proc/${pid}/status`).split('\n').find((l) => l.startsWith('State:'));
+  return `helper pid ${pid}: ${state}; wchan ${read(`/proc/${pid}/wchan`)}\nstack:\n${read(`/proc/${pid}/stack`)}\nlocks:\n${read('/proc/locks')}`;
+}
 
 /** kills the server and its auto_unmount helper at once: the mount is left stale */
 async function killBoth(t: ExecutionContext, s: Setup) {
