@@ -2,6 +2,9 @@
  * The LMDB catalog: volumes, backups, block-map roots and pages, the chunk index, and the
  * locks that keep garbage collection and writers apart. One LMDB environment, several
  * named databases; every state change that must be atomic is one write transaction.
+ * The locks live in catalog/locks.ts, what becomes of a dead process's operations in
+ * catalog/recovery.ts, owners and their probing in catalog/owners.ts; the methods here
+ * are their entry points.
  */
 import fs from 'node:fs';
 import { join } from 'node:path';
@@ -10,9 +13,13 @@ import { open, type Database, type RootDatabase } from 'lmdb';
 import { MapReader, type PageLoader, pageEntriesFor } from './blockmap.js';
 import { FactsCache } from './facts.js';
 import { Tallies, watchWrites } from './tally.js';
-import { identityState, selfIdentity } from '../drivers/process-identity.js';
-import { resumableRestores, servingSession } from './sessions.js';
+import { ConflictError, NotFoundError } from './errors.js';
+import * as locks from './locks.js';
+import { recoverInterrupted } from './recovery.js';
 import { type BackupRecord, type BackupStatus, type BackupView, type Owner, type VolumeRecord, isLive, now } from './records.js';
+
+export { ConflictError, NotFoundError } from './errors.js';
+export { ownerAlive, ownerHere } from './owners.js';
 
 export interface ChunkInfo {
   /** stored bytes (object size) */
@@ -37,37 +44,6 @@ export interface PageLocation {
 export interface PackRecord {
   s: number;
   i: Buffer;
-}
-
-export class NotFoundError extends Error {
-  constructor(what: string, ref: string) {
-    super(`${what} "${ref}" not found`);
-    this.name = 'NotFoundError';
-  }
-}
-
-export class ConflictError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ConflictError';
-  }
-}
-
-/** the process running an operation: host, pid, boot id and start time (drivers/process-identity.ts) */
-export function ownerHere(): Owner {
-  const id = selfIdentity();
-  return { pid: id.pid, host: id.host, since: now(), boot: id.boot, start: id.start };
-}
-/**
- * True if the owning process still runs. On this host that is the same pid with the same
- * start time in the same boot (a reused pid, or a reboot, is not the owner; records from
- * before these were kept compare by pid alone). An owner on another host (a data dir on a
- * shared file system) cannot be probed and is taken as alive.
- */
-export function ownerAlive(o: Owner | null | undefined): boolean {
-  if (!o) return false;
-  if (o.pid === process.pid && o.host === selfIdentity().host && (!o.start || o.start === selfIdentity().start)) return true;
-  return identityState({ host: o.host, pid: o.pid, boot: o.boot ?? '', start: o.start ?? 0 }) !== 'dead';
 }
 
 export type BackupFact = Pick<BackupRecord, 'id' | 'project_id' | 'volume_id' | 'status' | 'size'>;
@@ -246,138 +222,51 @@ export class Catalog {
     return this.chunks.get(digest);
   }
 
-  // ---- locks: GC runs alone; writers (backups) register so GC can wait for them
+  // ---- locks (catalog/locks.ts): GC runs alone; writers (backups) register so GC can wait for them
 
   /** Registers a writer; refuses while a garbage collection runs. */
   registerWriter(key: string): void {
-    this.env.transactionSync(() => {
-      const gc = this.locks.get('gc');
-      if (gc && ownerAlive(gc)) throw new ConflictError(`garbage collection is running (pid ${gc.pid}); try again when it ends`);
-      this.locks.putSync(`w:${key}`, ownerHere());
-    });
+    locks.registerWriter(this, key);
   }
 
   unregisterWriter(key: string): void {
-    this.locks.removeSync(`w:${key}`);
+    locks.unregisterWriter(this, key);
   }
 
   /** Takes the GC lock; refuses while another GC or any live writer runs. */
   acquireGc(): void {
-    this.env.transactionSync(() => {
-      const gc = this.locks.get('gc');
-      if (gc && ownerAlive(gc)) throw new ConflictError(`garbage collection already running (pid ${gc.pid})`);
-      for (const { key, value } of this.locks.getRange({ start: 'w:', end: 'w;' })) {
-        if (ownerAlive(value)) throw new ConflictError(`a backup is being written (${String(key).slice(2)}, pid ${value.pid}); run gc when it ends`);
-      }
-      this.locks.putSync('gc', ownerHere());
-    });
+    locks.acquireGc(this);
   }
 
   releaseGc(): void {
-    this.locks.removeSync('gc');
+    locks.releaseGc(this);
   }
 
-  /**
-   * Finds operations whose process died (killed, crashed) and settles them: a backup left
-   * `creating` becomes `error` (its partial data is reclaimed by GC), a restore left running
-   * returns the backup to `available` and marks the target volume unusable.
-   */
+  /** Settles the operations of processes that died (catalog/recovery.ts). */
   recoverInterrupted(): BackupRecord[] {
-    const settled: BackupRecord[] = [];
-    // an instant-restore session resumes when its daemon restarts: its backup and target stay as they are
-    const resumable = resumableRestores(this.env);
-    this.env.transactionSync(() => {
-      for (const { key, value } of this.locks.getRange({})) {
-        if (!ownerAlive(value)) this.locks.removeSync(key);
-      }
-      for (const { value: b } of this.backups.getRange({})) {
-        if (!b.owner && b.status === 'creating') {
-          // no process owns it (a hand-over that never completed): nobody will finish it
-          this.backups.putSync(b.id, { ...b, status: 'error', fail_reason: 'interrupted: no process was running it', updated_at: now() });
-          settled.push(this.backups.get(b.id)!);
-          continue;
-        }
-        if (!b.owner || ownerAlive(b.owner)) continue;
-        const why = `interrupted: the process running it (pid ${b.owner.pid}) ended before it finished`;
-        let next: BackupRecord | undefined;
-        if (b.status === 'creating') next = { ...b, status: 'error', fail_reason: why, owner: null };
-        else if (b.status === 'restoring' && !resumable.backups.has(b.id)) next = { ...b, status: 'available', owner: null };
-        else if (b.status === 'deleting') next = { ...b, status: 'error_deleting', fail_reason: why, owner: null };
-        if (next) {
-          next.updated_at = now();
-          this.backups.putSync(b.id, next);
-          settled.push(next);
-        }
-      }
-      for (const { value: v } of this.volumes.getRange({})) {
-        if (v.status === 'restoring-backup' && !resumable.volumes.has(v.id) && !this.anyRestoringInto(v.id)) {
-          this.volumes.putSync(v.id, { ...v, status: 'error_restoring', status_reason: 'the restore into it was interrupted', updated_at: now() });
-        }
-      }
-    });
-    return settled;
+    return recoverInterrupted(this);
   }
 
-  private anyRestoringInto(volumeId: string): boolean {
-    const o = this.locks.get(`r:${volumeId}`);
-    return !!o && ownerAlive(o);
-  }
-
-  /**
-   * Marks a volume as the target of a running restore; one at a time per volume. With
-   * `idle`, also refuses a volume that is being backed up or still served read-write by an
-   * instant-restore session (all in the same transaction as the claim).
-   */
+  /** Marks a volume as the target of a running restore; one at a time per volume (see locks.claimRestoreTarget). */
   claimRestoreTarget(volumeId: string, opts: { idle?: boolean } = {}): void {
-    this.env.transactionSync(() => {
-      const o = this.locks.get(`r:${volumeId}`);
-      if (o && ownerAlive(o)) throw new ConflictError(`a restore into volume ${volumeId} is already running (pid ${o.pid})`);
-      if (opts.idle) {
-        const v = this.volumes.get(volumeId);
-        const name = v?.name ?? volumeId;
-        for (const { value: b } of this.backups.getRange({})) {
-          if (b.volume_id === volumeId && b.status === 'creating' && (!b.owner || ownerAlive(b.owner))) {
-            throw new ConflictError(`volume ${name} is being backed up (backup ${b.id}); restore into it when that ends`);
-          }
-        }
-        const s = servingSession(this.env, volumeId);
-        if (s) throw new ConflictError(`volume ${name} is served read-write as export ${s.export_name} by instant-restore session ${s.id}; detach it first`);
-      }
-      this.locks.putSync(`r:${volumeId}`, ownerHere());
-    });
+    locks.claimRestoreTarget(this, volumeId, opts);
   }
 
   releaseRestoreTarget(volumeId: string): void {
-    this.locks.removeSync(`r:${volumeId}`);
+    locks.releaseRestoreTarget(this, volumeId);
   }
 
-  /** Readers (NBD exports, mounts) that hold a backup open; a deleted backup must have none. */
-  /**
-   * Adds a reader lease, in one transaction with a check that the backup can be read
-   * (available or restoring): a delete, which checks leases in its own transaction, either
-   * sees this lease or has already moved the backup on, and then this refuses.
-   */
+  /** A reader lease on a backup that can be read (NBD exports, mounts); a deleted backup must have none. */
   addReaderLease(backupId: string, who: string): string {
-    const key = `a:${backupId}:${process.pid}:${who}`;
-    this.env.transactionSync(() => {
-      const b = this.backups.get(backupId);
-      if (!b) throw new NotFoundError('backup', backupId);
-      if (b.status !== 'available' && b.status !== 'restoring') throw new ConflictError(`backup ${backupId} is ${b.status}; it cannot be opened`);
-      this.locks.putSync(key, ownerHere());
-    });
-    return key;
+    return locks.addReaderLease(this, backupId, who);
   }
 
   removeReaderLease(key: string): void {
-    this.locks.removeSync(key);
+    locks.removeReaderLease(this, key);
   }
 
   readerLeases(backupId: string): string[] {
-    const out: string[] = [];
-    for (const { key, value } of this.locks.getRange({ start: `a:${backupId}:`, end: `a:${backupId};` })) {
-      if (ownerAlive(value)) out.push(String(key).split(':').slice(3).join(':') + ` (pid ${value.pid})`);
-    }
-    return out;
+    return locks.readerLeases(this, backupId);
   }
 
   // ---- chunks found corrupt by verify: never deduplicated onto, never carried into a new map

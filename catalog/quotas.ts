@@ -14,7 +14,7 @@
  */
 import type { Database, RootDatabase } from 'lmdb';
 import { randomUUID } from 'node:crypto';
-import { ownerAlive, ownerHere } from './catalog.js';
+import { ownerAlive, ownerHere } from './owners.js';
 import { type Owner, now } from './records.js';
 import { FactsCache } from './facts.js';
 import type { Tallies } from './tally.js';

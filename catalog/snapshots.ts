@@ -4,7 +4,7 @@
  * DATA_DIR/snapshots/. A backup may be made from one (`backup-create --snapshot-id`).
  */
 import type { Database, RootDatabase } from 'lmdb';
-import { NotFoundError } from './catalog.js';
+import { NotFoundError } from './errors.js';
 import { now } from './records.js';
 
 export const SNAPSHOT_STATES = ['creating', 'available', 'deleting', 'error', 'error_deleting'] as const;

@@ -2,6 +2,8 @@
  * Appliance configuration: the data directory and what lives in it. Defaults are the
  * embedded ones (LMDB catalog and a directory repository under the data directory); a
  * `blockgate.json` in the data directory, or environment variables, choose otherwise.
+ * Every file key and environment variable is read here; the schemas of the `nbd` section
+ * (config-nbd.ts) and of `kafka`, `node` and `events` (config-cluster.ts) are siblings.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -10,9 +12,12 @@ import { DEFAULT_CHUNK, checkChunkSize } from '../drivers/chunk.js';
 import { type CodecName, parseCodec } from '../drivers/codec.js';
 import { checkPackSize } from '../drivers/pack.js';
 import type { S3StoreOptions } from '../drivers/store/s3.js';
-import { type NbdAccessRule, validateRule } from './exports/access.js';
-import { checkName } from './names.js';
-import { parseSize } from './size.js';
+import { wholeNumber } from './config-values.js';
+import { type EventsConfig, type KafkaConfig, validateEventsAndNodes } from './config-cluster.js';
+import { type NbdConfig, validateNbd } from './config-nbd.js';
+
+export { type EventsConfig, type KafkaConfig, validateEventsAndNodes } from './config-cluster.js';
+export { type NbdConfig, validateNbd } from './config-nbd.js';
 
 export interface DirRepoConfig {
   driver: 'dir';
@@ -71,28 +76,6 @@ export interface InstantConfig {
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
-
-/** a whole number in [min, max], or a size ("64M") where `size`; `where` names the key in errors */
-function wholeNumber(v: unknown, key: string, min: number, max: number, size = false): number {
-  if (size && typeof v === 'string') {
-    try {
-      v = parseSize(v);
-    } catch (e) {
-      throw new Error(`${key}: ${(e as Error).message}`);
-    }
-  }
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new Error(`${key} must be a whole number from ${min} to ${max}${size ? ' (or a size such as "64M")' : ''}, not ${JSON.stringify(v)}`);
-  return v;
-}
-
-/** runs a check, prefixing its error with the file it read */
-function inFile<T>(where: string, f: () => T): T {
-  try {
-    return f();
-  } catch (e) {
-    throw new Error(`${where}: ${(e as Error).message}`);
-  }
-}
 
 /**
  * The top-level keys of blockgate.json and the instant section, checked over their defaults;
@@ -171,154 +154,6 @@ function fromEnvironment(env: NodeJS.ProcessEnv, cfg: ApplianceConfig): void {
   } catch (e) {
     throw new Error(`environment: ${(e as Error).message}`);
   }
-}
-
-/** `kafka` in blockgate.json */
-export interface KafkaConfig {
-  /** bootstrap servers, "host:port,host:port" */
-  brokers: string;
-  /** where events go (default blockgate.events) */
-  eventsTopic: string;
-  /** the nodes' shared job queue (default blockgate.jobs) */
-  jobsTopic: string;
-  /** node heartbeats (default blockgate.nodes) */
-  nodesTopic: string;
-  /** events handed to the producer and not yet acknowledged (default 10000; the rest waits in the event log) */
-  maxInFlight: number;
-  /** a node heartbeats this often (default 1000 ms) ... */
-  heartbeatMs: number;
-  /** ... and is down after this long without one (default 5000 ms) */
-  nodeTimeoutMs: number;
-  /** directories every node reaches at the same path (NFS): backups of file volumes there run on any node */
-  sharedPaths: string[];
-}
-
-/** `events` in blockgate.json: bounds of the embedded event log */
-export interface EventsConfig {
-  /** all segments together (default 64M) */
-  maxBytes: number;
-}
-
-const KAFKA_KEYS = ['brokers', 'eventsTopic', 'jobsTopic', 'nodesTopic', 'maxInFlight', 'heartbeatMs', 'nodeTimeoutMs', 'sharedPaths'];
-const TOPIC_RE = /^[A-Za-z0-9._-]{1,249}$/;
-const BROKER_RE = /^[A-Za-z0-9.-]+:\d{1,5}$|^\[[0-9A-Fa-f:.]+\]:\d{1,5}$/;
-
-/** `kafka`, `node` and `events` of blockgate.json, checked; errors name the file and the key */
-export function validateEventsAndNodes(raw: Record<string, unknown>, where: string): Pick<ApplianceConfig, 'node' | 'kafka' | 'events'> {
-  const obj = (k: string): Record<string, unknown> | undefined => {
-    const v = raw[k];
-    if (v === undefined) return undefined;
-    if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Error(`${where}: ${k} must be an object`);
-    return v as Record<string, unknown>;
-  };
-  const int = (r: Record<string, unknown>, key: string, def: number, min: number, max: number, size = false): number => {
-    const v = r[key.split('.').pop()!];
-    return v === undefined ? def : inFile(where, () => wholeNumber(v, key, min, max, size));
-  };
-  let node: string | undefined;
-  if (raw.node !== undefined) {
-    try {
-      node = checkName('node', raw.node);
-    } catch (e) {
-      throw new Error(`${where}: ${(e as Error).message}`);
-    }
-  }
-  const ev = obj('events') ?? {};
-  for (const k of Object.keys(ev)) if (k !== 'maxBytes') throw new Error(`${where}: unknown key events.${k} (known: maxBytes)`);
-  const events: EventsConfig = { maxBytes: int(ev, 'events.maxBytes', 64 * 1024 * 1024, 64 * 1024, 2 ** 40, true) };
-  const k = obj('kafka');
-  if (!k) return { node, events };
-  for (const key of Object.keys(k)) if (!KAFKA_KEYS.includes(key)) throw new Error(`${where}: unknown key kafka.${key} (known: ${KAFKA_KEYS.join(', ')})`);
-  const brokers = Array.isArray(k.brokers) ? k.brokers.join(',') : k.brokers;
-  if (typeof brokers !== 'string' || !brokers.split(',').every((b) => BROKER_RE.test(b.trim()))) throw new Error(`${where}: kafka.brokers must be "host:port" or a list of them`);
-  const topic = (key: string, def: string): string => {
-    const v = k[key] ?? def;
-    if (typeof v !== 'string' || !TOPIC_RE.test(v)) throw new Error(`${where}: kafka.${key} must be a topic name (letters, digits, '.', '_', '-')`);
-    return v;
-  };
-  const heartbeatMs = int(k, 'kafka.heartbeatMs', 1000, 100, 60_000);
-  const kafka: KafkaConfig = {
-    brokers: brokers.split(',').map((b) => b.trim()).join(','),
-    eventsTopic: topic('eventsTopic', 'blockgate.events'),
-    jobsTopic: topic('jobsTopic', 'blockgate.jobs'),
-    nodesTopic: topic('nodesTopic', 'blockgate.nodes'),
-    maxInFlight: int(k, 'kafka.maxInFlight', 10_000, 1, 1_000_000),
-    heartbeatMs,
-    nodeTimeoutMs: int(k, 'kafka.nodeTimeoutMs', 5000, 2 * heartbeatMs, 600_000),
-    sharedPaths: [],
-  };
-  if (k.sharedPaths !== undefined) {
-    if (!Array.isArray(k.sharedPaths) || !k.sharedPaths.every((p) => typeof p === 'string' && path.isAbsolute(p) && !p.split('/').includes('..'))) throw new Error(`${where}: kafka.sharedPaths must be a list of absolute directories`);
-    kafka.sharedPaths = k.sharedPaths.map((p) => path.resolve(p as string));
-  }
-  return { node, kafka, events };
-}
-
-/** `nbd` in blockgate.json: where the daemon listens, TLS, who sees what, and its bounds. */
-export interface NbdConfig {
-  host: string;
-  port: number;
-  /** unix socket path ('' for none) */
-  socket: string;
-  /** x509 for NBD TLS (paths, relative to the data dir); `ca` verifies client certificates */
-  tls?: { cert: string; key: string; ca?: string; required?: boolean };
-  /** client certificate identity -> exports it may list, open and (write) write; see gateway/exports/access.ts */
-  access: NbdAccessRule[];
-  /** open NBD connections over all listeners; more are refused */
-  maxConnections: number;
-  /** requests served concurrently per connection */
-  maxInFlightRequests: number;
-  /** payload bytes (reads until sent, writes, CACHE windows) held per connection */
-  maxInFlightBytes: number;
-  /** the same over all connections together */
-  maxTotalInFlightBytes: number;
-}
-
-const NBD_KEYS = ['host', 'port', 'socket', 'tls', 'access', 'maxConnections', 'maxInFlightRequests', 'maxInFlightBytes', 'maxTotalInFlightBytes'];
-
-/** The `nbd` section over its defaults, every field checked; errors name the file and the field. */
-export function validateNbd(raw: unknown, base: NbdConfig, dataDir: string, where: string): NbdConfig {
-  if (raw === undefined) return base;
-  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new Error(`${where}: nbd must be an object`);
-  const r = raw as Record<string, unknown>;
-  for (const k of Object.keys(r)) if (!NBD_KEYS.includes(k)) throw new Error(`${where}: unknown key nbd.${k} (known: ${NBD_KEYS.join(', ')})`);
-  const out: NbdConfig = { ...base, access: [...base.access] };
-  const str = (k: string): string | undefined => {
-    const v = r[k];
-    if (v === undefined) return undefined;
-    if (typeof v !== 'string') throw new Error(`${where}: nbd.${k} must be a string`);
-    return v;
-  };
-  const int = (k: string, min: number, max: number, size = false): number | undefined => {
-    const v = r[k];
-    return v === undefined ? undefined : inFile(where, () => wholeNumber(v, `nbd.${k}`, min, max, size));
-  };
-  out.host = str('host') ?? out.host;
-  out.socket = str('socket') ?? out.socket;
-  out.port = int('port', 0, 65535) ?? out.port;
-  out.maxConnections = int('maxConnections', 1, 65536) ?? out.maxConnections;
-  out.maxInFlightRequests = int('maxInFlightRequests', 1, 1024) ?? out.maxInFlightRequests;
-  out.maxInFlightBytes = int('maxInFlightBytes', 1024 * 1024, 2 ** 40, true) ?? out.maxInFlightBytes;
-  out.maxTotalInFlightBytes = int('maxTotalInFlightBytes', out.maxInFlightBytes, 2 ** 42, true) ?? Math.max(out.maxTotalInFlightBytes, out.maxInFlightBytes);
-  if (r.tls !== undefined) {
-    const t = r.tls as Record<string, unknown>;
-    if (!t || typeof t !== 'object' || Array.isArray(t)) throw new Error(`${where}: nbd.tls must be an object {"cert": FILE, "key": FILE, "ca": FILE, "required": true}`);
-    for (const k of Object.keys(t)) if (!['cert', 'key', 'ca', 'required'].includes(k)) throw new Error(`${where}: unknown key nbd.tls.${k} (cert, key, ca, required)`);
-    for (const k of ['cert', 'key', 'ca']) if (t[k] !== undefined && (typeof t[k] !== 'string' || t[k] === '')) throw new Error(`${where}: nbd.tls.${k} must be a file name`);
-    if (typeof t.cert !== 'string' || typeof t.key !== 'string') throw new Error(`${where}: nbd.tls needs cert and key`);
-    if (t.required !== undefined && typeof t.required !== 'boolean') throw new Error(`${where}: nbd.tls.required must be true or false`);
-    const abs = (f: string) => path.resolve(dataDir, f);
-    out.tls = { cert: abs(t.cert), key: abs(t.key), ...(typeof t.ca === 'string' ? { ca: abs(t.ca) } : {}), ...(t.required !== undefined ? { required: t.required as boolean } : {}) };
-  }
-  if (r.access !== undefined) {
-    if (!Array.isArray(r.access)) throw new Error(`${where}: nbd.access must be a list of {"identity": "CN=...", "exports": ["db1@*"], "write": false}`);
-    try {
-      out.access = r.access.map((x, i) => validateRule(x, `nbd.access[${i}]`));
-    } catch (e) {
-      throw new Error(`${where}: ${(e as Error).message}`);
-    }
-  }
-  return out;
 }
 
 export const CONFIG_FILE = 'blockgate.json';

@@ -16,79 +16,19 @@
  * - open() gives a random-access VolumeDevice (restore targets, instant restore) through a
  *   small long-lived python3-rbd helper (rbd-io.ts); plain restores into an RBD image use
  *   `rbd import-diff` instead (gateway/engine/restore-rbd.ts).
+ *
+ * Names and options are checked in rbd-names.ts; a backup's change source is rbd-changes.ts.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { RbdDiffReader } from '../rbd/diff.js';
-import type { ChangedExtent, ChangeSource, VolumeDriver } from './types.js';
+import type { VolumeDriver } from './types.js';
 import { RbdImageDevice } from './rbd-io.js';
+import { RbdChangeSource, type DiffRecord } from './rbd-changes.js';
+import { type RbdOptions, RbdError, checkSnapName, backupSnapName, parseRbdSpec, resolveOptions } from './rbd-names.js';
 
-export interface RbdOptions {
-  /** ceph.conf of the cluster (default: CEPH_CONF, else Ceph's own search) */
-  conf?: string | null;
-  /** ceph user id without "client." (default: Ceph's; the appliance passes config.cephUser, from BLOCKGATE_CEPH_USER) */
-  user?: string | null;
-}
-
-export interface RbdSpec {
-  pool: string;
-  image: string;
-}
-
-/** An `rbd` command or an RBD image that failed; the message is one line, fit for users. */
-export class RbdError extends Error {
-  constructor(
-    message: string,
-    /** errno rbd reported, when it did (2 = no such image or snapshot) */
-    readonly errno?: number,
-  ) {
-    super(message);
-    this.name = 'RbdError';
-  }
-}
-
-const SEGMENT = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
-const SNAP_RE = /^[A-Za-z0-9_][A-Za-z0-9._:-]{0,254}$/;
-const USER_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/;
-
-/** Parses and checks "POOL/IMAGE". */
-export function parseRbdSpec(spec: string): RbdSpec {
-  const bad = (why: string): never => {
-    throw new RbdError(`invalid RBD image ${JSON.stringify(spec)}: ${why}; expected POOL/IMAGE made of letters, digits, '.', '_' and '-' (e.g. volumes/db1)`);
-  };
-  if (typeof spec !== 'string' || spec.length === 0) bad('empty');
-  const parts = spec.split('/');
-  if (parts.length !== 2) bad(parts.length < 2 ? 'no pool' : 'more than one "/" (namespaces and paths are not accepted)');
-  const [pool, image] = parts as [string, string];
-  for (const [what, s] of [['pool', pool], ['image', image]] as const) {
-    if (!s) bad(`empty ${what} name`);
-    if (s.includes('..')) bad(`"..", in the ${what} name`);
-    if (s.includes('@')) bad(`"@" in the ${what} name (snapshots are not volumes)`);
-    if (!SEGMENT.test(s)) bad(`the ${what} name ${JSON.stringify(s)} has characters outside [A-Za-z0-9._-] or is too long`);
-  }
-  return { pool, image };
-}
-
-export function checkSnapName(name: string): string {
-  if (!SNAP_RE.test(name) || name.includes('..')) throw new RbdError(`invalid RBD snapshot name ${JSON.stringify(name)}`);
-  return name;
-}
-
-/** `backup.<backup-id>.snap.<unix seconds with ms>`, Cinder's naming. */
-export function backupSnapName(backupId: string, at = Date.now()): string {
-  return checkSnapName(`backup.${backupId}.snap.${(at / 1000).toFixed(3)}`);
-}
-
-export const BACKUP_SNAP_RE = /^backup\.([0-9A-Za-z-]+)\.snap\.(\d+(?:\.\d+)?)$/;
-
-function resolveOptions(o: RbdOptions = {}): { conf?: string; user?: string } {
-  const conf = o.conf || undefined;
-  const user = o.user || undefined;
-  if (conf !== undefined && (conf.includes('\0') || conf.startsWith('-'))) throw new RbdError(`invalid ceph.conf path ${JSON.stringify(conf)}`);
-  if (user !== undefined && !USER_RE.test(user.replace(/^client\./, ''))) throw new RbdError(`invalid ceph user ${JSON.stringify(user)}`);
-  return { ...(conf ? { conf: path.resolve(conf) } : {}), ...(user ? { user: user.replace(/^client\./, '') } : {}) };
-}
+export { BACKUP_SNAP_RE, RbdError, type RbdOptions, type RbdSpec, backupSnapName, checkSnapName, parseRbdSpec } from './rbd-names.js';
+export { RbdChangeSource } from './rbd-changes.js';
 
 /**
  * Bounds on waiting for a cluster that does not answer (librados waits forever by default):
@@ -278,7 +218,7 @@ export class RbdVolume implements VolumeDriver {
   }
 
   /** The records of `rbd export-diff [--from-snap FROM] SPEC@SNAP -`, streamed and checked. */
-  async *exportDiff(snap: string, from: string | null): AsyncGenerator<{ type: 'size'; size: number } | { type: 'data'; offset: number; data: Buffer } | { type: 'zero'; offset: number; length: number }> {
+  async *exportDiff(snap: string, from: string | null): AsyncGenerator<DiffRecord> {
     const args = ['export-diff', '--no-progress', ...(from ? ['--from-snap', checkSnapName(from)] : []), `${this.spec}@${checkSnapName(snap)}`, '-'];
     const what = `rbd export-diff ${from ? `--from-snap ${from} ` : ''}${this.spec}@${snap}`;
     const { child, exit } = this.spawnRbd(args);
@@ -308,100 +248,6 @@ export class RbdVolume implements VolumeDriver {
         child.stdout.destroy();
         child.kill('SIGTERM');
       }
-    }
-  }
-}
-
-/** Largest zero extent handed to the engine when filling the gaps of a fall-back full diff. */
-const GAP_PIECE = 64 << 20;
-
-/**
- * One backup's view of an RBD image: its snapshot, and the diff from the parent's snapshot
- * (or a full one).
- */
-export class RbdChangeSource implements ChangeSource {
-  readonly notes: string[] = [];
-  private read = 0;
-  private committed = false;
-
-  constructor(
-    private readonly vol: RbdVolume,
-    readonly token: string,
-    readonly size: number,
-    /** the librbd connection that made the snapshot; closed by commit() or abort() */
-    private readonly ctl: RbdImageDevice,
-    /** snapshots of the image when ours was taken */
-    private readonly snapshotsThen: Set<string>,
-  ) {}
-
-  get bytesRead(): number {
-    return this.read;
-  }
-
-  async *changes(since: string | null): AsyncIterable<ChangedExtent> {
-    let from = since;
-    let fillGaps = false;
-    if (from !== null) {
-      const known = SNAP_RE.test(from) && this.snapshotsThen.has(from);
-      if (!known) {
-        this.notes.push(
-          `the parent backup's snapshot ${this.vol.spec}@${from} no longer exists: this backup read the whole image (full export-diff of ${this.token}) instead of only the changes`,
-        );
-        from = null;
-        // the engine lays this diff over the parent's map: ranges the full diff leaves out
-        // (unallocated now) must read as zeroes, whatever the parent had there
-        fillGaps = true;
-      }
-    }
-    let pos = 0; // end of the last extent (for gap filling)
-    const gap = function* (end: number): Iterable<ChangedExtent> {
-      for (let o = pos; o < end; o += GAP_PIECE) yield { offset: o, length: Math.min(GAP_PIECE, end - o), data: null };
-    };
-    for await (const rec of this.vol.exportDiff(this.token, from)) {
-      if (rec.type === 'size') {
-        if (rec.size !== this.size) throw new RbdError(`rbd export-diff of ${this.vol.spec}@${this.token} reports size ${rec.size}, the snapshot is ${this.size} bytes`);
-        continue;
-      }
-      const offset = rec.offset;
-      const length = rec.type === 'data' ? rec.data.length : rec.length;
-      if (fillGaps && offset > pos) yield* gap(offset);
-      pos = offset + length;
-      if (rec.type === 'data') {
-        this.read += length;
-        yield { offset, length, data: rec.data };
-      } else {
-        yield { offset, length, data: null };
-      }
-    }
-    if (fillGaps && pos < this.size) yield* gap(this.size);
-  }
-
-  /**
-   * The new backup is committed: drop the parent's snapshot, keep ours. Never throws (the
-   * backup is committed already); a snapshot that cannot be removed is reported on stderr
-   * and left for the user.
-   */
-  async commit(parentToken: string | null): Promise<void> {
-    this.committed = true;
-    try {
-      if (parentToken && parentToken !== this.token && SNAP_RE.test(parentToken)) await this.ctl.removeSnapshot(parentToken);
-    } catch (e) {
-      process.stderr.write(`blockgate: warning: could not remove the previous backup's snapshot ${this.vol.spec}@${parentToken}: ${(e as Error).message}\n`);
-    } finally {
-      await this.ctl.close().catch(() => undefined);
-    }
-  }
-
-  /** The backup failed: drop the snapshot made for it. */
-  async abort(): Promise<void> {
-    if (this.committed) return;
-    this.committed = true;
-    try {
-      await this.ctl.removeSnapshot(this.token);
-    } catch {
-      await this.vol.removeSnapshot(this.token); // the helper died: by the rbd command
-    } finally {
-      await this.ctl.close().catch(() => undefined);
     }
   }
 }

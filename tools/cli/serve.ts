@@ -14,13 +14,6 @@ import { installNode } from '../../gateway/nodes/node.js';
 import { type Globals, withApp } from './context.js';
 import { UsageError, printRecord, printRows } from './output.js';
 
-export type DaemonHook = (d: Daemon) => Promise<void> | void;
-const hooks: DaemonHook[] = [];
-/** lets other features (instant restore, mounts) add their export sources to the daemon */
-export function onDaemonStart(h: DaemonHook): void {
-  hooks.push(h);
-}
-
 export function serveCommands(program: Command, g: () => Globals): void {
   program
     .command('serve')
@@ -94,7 +87,6 @@ export function serveCommands(program: Command, g: () => Globals): void {
       // the daemon's features, registered explicitly
       await installInstantRestore(daemon);
       await installNode(daemon);
-      for (const h of hooks) await h(daemon);
       await daemon.start();
       let svc: Awaited<ReturnType<typeof startService>>;
       try {
