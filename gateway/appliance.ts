@@ -9,6 +9,7 @@ import { Repository } from '../drivers/repository.js';
 import { DirStore } from '../drivers/store/dir.js';
 import type { ObjectStore } from '../drivers/store/types.js';
 import { ChunkWorkerPool } from '../drivers/workers/pool.js';
+import { CachedChunkReader, RepoChunkReader } from './read/chunk-reader.js';
 import { FileVolume } from '../drivers/volume/file.js';
 import { RbdVolume } from '../drivers/volume/rbd.js';
 import type { VolumeDriver } from '../drivers/volume/types.js';
@@ -141,6 +142,16 @@ export class Appliance {
   get pool(): ChunkWorkerPool {
     this.poolInstance ??= new ChunkWorkerPool(this.config.workers, undefined, this.repo.keys);
     return this.poolInstance;
+  }
+
+  private chunksInstance?: CachedChunkReader;
+  /**
+   * The chunk cache of this process (at most `cacheBytes`), over the repository: NBD exports,
+   * FUSE, instant restore and a backup's reads of its parent's chunks share it.
+   */
+  get chunks(): CachedChunkReader {
+    this.chunksInstance ??= new CachedChunkReader(new RepoChunkReader(this.repo, this.pool), this.config.cacheBytes);
+    return this.chunksInstance;
   }
 
   volumeDriver(v: VolumeRecord): VolumeDriver {

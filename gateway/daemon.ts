@@ -13,7 +13,7 @@ import { NbdAccess } from './exports/access.js';
 import { BackupExports } from './exports/backups.js';
 import { ExportRegistry } from './exports/registry.js';
 import { exportEvents } from './events/emitters.js';
-import { CachedChunkReader, RepoChunkReader } from './read/chunk-reader.js';
+import type { CachedChunkReader } from './read/chunk-reader.js';
 
 export interface ServeOptions {
   host: string;
@@ -57,7 +57,7 @@ export class Daemon {
   private readonly cleanups: (() => Promise<void> | void)[] = [];
 
   constructor(readonly app: Appliance, readonly opts: ServeOptions, readonly log: Logger) {
-    this.chunks = new CachedChunkReader(new RepoChunkReader(app.repo, app.pool), app.config.cacheBytes);
+    this.chunks = app.chunks;
     this.registry = new ExportRegistry(exportEvents(app.events, (event, fields) => log.info({ event, ...fields }, event)));
     this.backups = new BackupExports(app, this.chunks);
     this.registry.addSource(this.backups);

@@ -7,6 +7,7 @@ import { BlockDeviceError, type BlockDevice, type Extent } from '../../blockdev/
 import { checkRange } from '../../blockdev/filter.js';
 import type { MapReader } from '../../catalog/blockmap.js';
 import type { ChunkReader } from '../read/chunk-reader.js';
+import { mapData, mapRuns } from '../read/map-walk.js';
 
 /** chunks one cache() call reads at once */
 export const CACHE_WINDOW = 4;
@@ -41,6 +42,16 @@ export class BackupDevice implements BlockDevice {
 
   private check(offset: number, length: number): void {
     checkRange(this.size, offset, length);
+  }
+
+  /** block i is a hole of the backup (reads as zeroes) */
+  isHole(i: number): boolean {
+    return this.map.entry(i) === null;
+  }
+
+  /** the bytes of block i (the last one may be short), null for a hole; a failed read is EIO */
+  block(i: number): Promise<Buffer | null> {
+    return this.chunk(i);
   }
 
   private async chunk(i: number): Promise<Buffer | null> {
@@ -103,11 +114,9 @@ export class BackupDevice implements BlockDevice {
   private async blocks(first: number, last: number): Promise<[number, Buffer][]> {
     const idx: number[] = [];
     const digests: string[] = [];
-    for (let i = first; i <= last; i++) {
-      const d = this.map.entry(i);
-      if (d === null) continue;
-      idx.push(i);
-      digests.push(d);
+    for (const r of mapData(this.map, this.size, this.chunkSize, first, last + 1)) {
+      idx.push(r.index);
+      digests.push(r.digest);
     }
     const got = await this.chunks.readMany!(digests);
     return got.map((v, j) => {
@@ -166,14 +175,14 @@ export class BackupDevice implements BlockDevice {
     const cs = this.chunkSize;
     const out: Extent[] = [];
     const end = offset + length;
-    for (let pos = offset; pos < end; ) {
-      const i = Math.floor(pos / cs);
-      const chunkEnd = Math.min((i + 1) * cs, this.size, end);
-      const hole = this.map.entry(i) === null;
+    if (!length) return out;
+    for (const r of mapRuns(this.map, this.size, cs, Math.floor(offset / cs), Math.ceil(end / cs))) {
+      const from = Math.max(offset, r.offset);
+      const to = Math.min(end, r.offset + r.length);
+      const hole = r.digest === null;
       const prev = out.at(-1);
-      if (prev && prev.hole === hole) prev.length += chunkEnd - pos;
-      else out.push({ offset: pos, length: chunkEnd - pos, hole, zero: hole });
-      pos = chunkEnd;
+      if (prev && prev.hole === hole) prev.length += to - from;
+      else out.push({ offset: from, length: to - from, hole, zero: hole });
     }
     return out;
   }

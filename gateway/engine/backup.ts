@@ -15,7 +15,7 @@ import type { ChangeSource, VolumeDevice } from '../../drivers/volume/types.js';
 import { DataCursor } from '../../drivers/volume/extents.js';
 import type { BlockDevice } from '../../blockdev/types.js';
 import type { Appliance } from '../appliance.js';
-import { RepoChunkReader } from '../read/chunk-reader.js';
+import { mapData } from '../read/map-walk.js';
 import { ChunkSink } from './chunk-sink.js';
 import { type HeldObject, describeHolder, readEpoch, runningGc, startWriterLease } from '../../drivers/coordination.js';
 import { followRepository } from './follow.js';
@@ -192,11 +192,7 @@ function stepTimer(): ((name: string) => void) & { report(id: string): void } {
 const SEGMENT_BYTES = 4 * 1024 * 1024;
 
 function namesCorrupt(app: Appliance, b: BackupRecord): boolean {
-  const map = app.catalog.mapReader(b);
-  for (let i = 0; i < map.chunkCount; i++) {
-    const d = map.entry(i);
-    if (d && app.catalog.isCorrupt(d)) return true;
-  }
+  for (const r of mapData(app.catalog.mapReader(b), b.size_bytes, b.chunk_size)) if (app.catalog.isCorrupt(r.digest)) return true;
   return false;
 }
 
@@ -270,7 +266,8 @@ async function copyChanges(app: Appliance, rec: BackupRecord, source: ChangeSour
   const count = Math.ceil(rec.size_bytes / cs);
   const base = parent ? { root: catalog.mapRoot(parent.id), chunkCount: Math.ceil(parent.size_bytes / parent.chunk_size), load: catalog.loadPage } : undefined;
   const parentMap = parent ? catalog.mapReader(parent) : null;
-  const chunks = new RepoChunkReader(app.repo, app.pool);
+  // the parent's chunks through the appliance's cache (an NBD export or a mount of the parent may hold them)
+  const chunks = app.chunks;
   const entries = pageEntriesFor(cs);
   const sink = new ChunkSink(app, new MapBuilder(count, base, true, (p) => app.repo.digest(p), entries), cs, app.config.pipelineDepth, false);
   if (!parent) await sink.storePage({ digest: app.repo.digest(holePage(entries)), bytes: holePage(entries) });
@@ -378,11 +375,9 @@ function recountFromMap(app: Appliance, rec: BackupRecord, root: Buffer): Backup
   const r = new MapReader(root, count, app.catalog.loadPage, pageEntriesFor(rec.chunk_size));
   let objects = 0;
   let bytes = 0;
-  for (let i = 0; i < count; i++) {
-    if (r.entry(i)) {
-      objects++;
-      bytes += Math.min(rec.chunk_size, rec.size_bytes - i * rec.chunk_size);
-    }
+  for (const run of mapData(r, rec.size_bytes, rec.chunk_size)) {
+    objects++;
+    bytes += run.length;
   }
   return { ...rec, object_count: objects, data_bytes: bytes };
 }

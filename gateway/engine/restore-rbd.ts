@@ -16,6 +16,7 @@ import { RbdDiffWriter } from '../../drivers/rbd/diff.js';
 import { RbdError, RbdVolume, parseRbdSpec } from '../../drivers/volume/rbd.js';
 import type { Appliance } from '../appliance.js';
 import { RepoChunkReader } from '../read/chunk-reader.js';
+import { mapData } from '../read/map-walk.js';
 import type { Progress } from './backup.js';
 import { BlockReadError, prepareRestore } from './restore-target.js';
 import { createRbdVolume } from './volumes-rbd.js';
@@ -53,20 +54,19 @@ export async function restoreRbd(app: Appliance, backup: BackupRecord, target: V
   const reader = new RepoChunkReader(app.repo, app.pool);
   const cs = backup.chunk_size;
   const count = Math.ceil(backup.size_bytes / cs);
-  const lenOf = (i: number) => Math.min(cs, backup.size_bytes - i * cs);
 
   // chunks fetched ahead of the writer, in order; a failed fetch is thrown when its turn comes
   const depth = Math.max(1, app.config.pipelineDepth);
   const ahead: Array<{ i: number; data: Promise<Buffer> }> = [];
-  let scan = 0;
+  const blocks = mapData(map, backup.size_bytes, cs);
   const fill = () => {
-    while (ahead.length < depth && scan < count) {
-      const i = scan++;
-      const digest = map.entry(i);
-      if (!digest) continue;
+    while (ahead.length < depth) {
+      const next = blocks.next();
+      if (next.done) return;
+      const { index: i, digest, length } = next.value;
       const data = reader.read(digest).then(
         (d) => {
-          if (d.length !== lenOf(i)) throw new BlockReadError(backup, i, new Error(`chunk ${digest} holds ${d.length} bytes, expected ${lenOf(i)}`));
+          if (d.length !== length) throw new BlockReadError(backup, i, new Error(`chunk ${digest} holds ${d.length} bytes, expected ${length}`));
           return d;
         },
         (e: Error) => {

@@ -9,6 +9,7 @@ import type { BackupRecord, VolumeRecord } from '../../catalog/records.js';
 import type { Appliance } from '../appliance.js';
 import { RepoChunkReader, SlotChunkReader } from '../read/chunk-reader.js';
 import type { Progress } from './backup.js';
+import { mapRuns } from '../read/map-walk.js';
 import { range, runWindow } from './pipeline.js';
 import { restoreRbd } from './restore-rbd.js';
 import { BlockReadError } from './restore-target.js';
@@ -53,39 +54,31 @@ async function copyBackup(app: Appliance, backup: BackupRecord, target: VolumeRe
       await runWindow(range(Math.ceil(count / seg)), depth, async (s, slot) => {
         const first = s * seg;
         const last = Math.min(count, first + seg) - 1;
-        const idx: number[] = [];
-        const digests: string[] = [];
-        for (let i = first; i <= last; i++) {
-          const d = map.entry(i);
-          if (d !== null) {
-            idx.push(i);
-            digests.push(d);
-          }
-        }
-        const got = await chunks.readMany(digests);
+        const runs = [...mapRuns(map, backup.size_bytes, cs, first, last + 1)];
+        const data = runs.filter((r) => r.digest !== null);
+        const got = await chunks.readMany(data.map((r) => r.digest!));
         const buf = bufs[slot]!;
-        const blockLen = (i: number) => Math.min(cs, backup.size_bytes - i * cs);
         // write each span of consecutive blocks as one write; holes are zeroed on a device, skipped in a sparse file
-        let spanStart = -1;
-        let spanEnd = -1;
+        let span: { offset: number; length: number } | null = null;
         const flushSpan = async () => {
-          if (spanStart < 0) return;
-          await dev.write!(spanStart * cs, buf.subarray((spanStart - first) * cs, (spanStart - first) * cs + (spanEnd - spanStart) * cs - cs + blockLen(spanEnd - 1)));
-          spanStart = -1;
+          if (!span) return;
+          const at = span.offset - first * cs;
+          await dev.write!(span.offset, buf.subarray(at, at + span.length));
+          span = null;
         };
         let j = 0;
-        for (let i = first; i <= last; i++) {
-          if (idx[j] !== i) {
+        for (const r of runs) {
+          if (r.digest === null) {
             await flushSpan();
-            if (!dev.sparseFile) await dev.zero!(i * cs, blockLen(i));
+            if (!dev.sparseFile) await dev.zero!(r.offset, r.length);
             continue;
           }
           const v = got[j++]!;
-          if (v instanceof Error) throw new BlockReadError(backup, i, v);
-          if (v.length !== blockLen(i)) throw new BlockReadError(backup, i, new Error(`chunk ${digests[j - 1]} holds ${v.length} bytes, expected ${blockLen(i)}`));
-          v.copy(buf, (i - first) * cs);
-          if (spanStart < 0) spanStart = i;
-          spanEnd = i + 1;
+          if (v instanceof Error) throw new BlockReadError(backup, r.index, v);
+          if (v.length !== r.length) throw new BlockReadError(backup, r.index, new Error(`chunk ${r.digest} holds ${v.length} bytes, expected ${r.length}`));
+          v.copy(buf, r.offset - first * cs);
+          if (span) span.length += r.length;
+          else span = { offset: r.offset, length: r.length };
         }
         await flushSpan();
         done += (last - first + 1) * cs;
@@ -94,29 +87,23 @@ async function copyBackup(app: Appliance, backup: BackupRecord, target: VolumeRe
       await dev.flush?.();
       return;
     }
-    await runWindow(
-      range(count),
-      depth,
-      async (i, slot) => {
-        const offset = i * cs;
-        const len = Math.min(cs, backup.size_bytes - offset);
-        const digest = map.entry(i);
-        if (digest === null) {
-          if (!dev.sparseFile) await dev.zero!(offset, len);
-        } else {
-          let data: Buffer;
-          try {
-            data = await reader.read(digest, slot);
-          } catch (e) {
-            throw new BlockReadError(backup, i, e as Error);
-          }
-          if (data.length !== len) throw new BlockReadError(backup, i, new Error(`chunk ${digest} holds ${data.length} bytes, expected ${len}`));
-          await dev.write!(offset, data);
+    // holes: one item per block where they are written (zeroes spread over the pipeline), one per run where they are skipped
+    await runWindow(mapRuns(map, backup.size_bytes, cs, 0, count, dev.sparseFile ? Infinity : 1), depth, async (r, slot) => {
+      if (r.digest === null) {
+        if (!dev.sparseFile) await dev.zero!(r.offset, r.length);
+      } else {
+        let data: Buffer;
+        try {
+          data = await reader.read(r.digest, slot);
+        } catch (e) {
+          throw new BlockReadError(backup, r.index, e as Error);
         }
-        done += len;
-        progress?.(done, backup.size_bytes);
-      },
-    );
+        if (data.length !== r.length) throw new BlockReadError(backup, r.index, new Error(`chunk ${r.digest} holds ${data.length} bytes, expected ${r.length}`));
+        await dev.write!(r.offset, data);
+      }
+      done += r.length;
+      progress?.(done, backup.size_bytes);
+    });
     await dev.flush?.();
   } finally {
     await dev.close?.();

@@ -5,8 +5,9 @@
  *
  * - The tree follows the catalog live: it is rebuilt from the catalog when older than
  *   `treeTtlMs` (lookups, readdir), which costs one scan of the backup records.
- * - Every open of an image gets its own BackupDevice (own read-ahead state) over one
- *   CachedChunkReader shared by the whole mount; a partition is a window over it.
+ * - Every open of an image gets its own BackupDevice (own read-ahead state) over the
+ *   appliance's chunk cache (app.chunks, shared with the rest of the process); a partition is
+ *   a window over it.
  * - An open image holds a reader lease on its backup, so `backup delete` refuses while it is
  *   open; the device keeps working until the file is closed, whatever the catalog says.
  * - Every operation that would change anything fails with EROFS.
@@ -17,7 +18,7 @@ import type { Appliance } from '../appliance.js';
 import type { BackupRecord } from '../../catalog/records.js';
 import type { BlockDevice } from '../../blockdev/types.js';
 import { BackupDevice } from '../devices/backup-device.js';
-import { CachedChunkReader, RepoChunkReader, type ChunkReader } from '../read/chunk-reader.js';
+import type { ChunkReader } from '../read/chunk-reader.js';
 import { readPartitionTable, type PartitionTable } from '../../blockdev/partitions.js';
 import { WindowDevice } from '../../blockdev/window.js';
 import { READABLE, buildSnapshot, backupPath, type BackupNode, type Snapshot, type VolumeNode } from './tree.js';
@@ -123,7 +124,7 @@ export class CatalogFs {
     private readonly app: Appliance,
     private readonly opts: CatalogFsOptions = {},
   ) {
-    this.chunks = opts.chunks ?? new CachedChunkReader(new RepoChunkReader(app.repo, app.pool), app.config.cacheBytes);
+    this.chunks = opts.chunks ?? app.chunks;
     this.ttl = opts.treeTtlMs ?? 500;
   }
 

@@ -1,23 +1,22 @@
 /**
  * What a session's hydrate device is made of, besides its target: the backup as the source
- * (its block map and chunks), and which blocks the target owns when hydration (re)starts — on
+ * (its block device, read a block at a time), and which blocks the target owns when hydration (re)starts — on
  * the first start the prepared target, on resume the bitmap committed in the catalog.
  */
 import type { MapReader } from '../../catalog/blockmap.js';
 import type { SessionRecord, SessionStore } from '../../catalog/sessions.js';
 import type { VolumeDevice } from '../../drivers/volume/types.js';
 import type { HydrateSource } from '../devices/hydrate.js';
-import type { ChunkReader } from '../read/chunk-reader.js';
+import type { BackupDevice } from '../devices/backup-device.js';
+import { mapRuns } from '../read/map-walk.js';
 
-/** the backup of `size` bytes (`backupBlocks` blocks) as a hydrate source; blocks past its end are holes */
-export function backupSource(map: MapReader, chunks: ChunkReader, size: number, backupBlocks: number): HydrateSource {
+/** the backup (as its block device) as a hydrate source of `size` bytes; blocks past the backup's end are holes */
+export function backupSource(backup: BackupDevice, size: number): HydrateSource {
+  const backupBlocks = Math.ceil(backup.size / backup.chunkSize);
   return {
     size,
-    isHole: (b) => b >= backupBlocks || map.entry(b) === null,
-    read: async (b) => {
-      const digest = map.entry(b);
-      return digest === null ? null : chunks.read(digest);
-    },
+    isHole: (b) => b >= backupBlocks || backup.isHole(b),
+    read: (b) => backup.block(b),
   };
 }
 
@@ -34,18 +33,17 @@ export interface StartingOwnership {
  * First start (status `starting`): prepares the target and commits its initial bitmap, the
  * session `running`. Resume: loads the committed bitmap.
  */
-export async function startingOwnership(store: SessionStore, rec: SessionRecord, target: VolumeDevice, map: MapReader, backupBlocks: number): Promise<StartingOwnership> {
+export async function startingOwnership(store: SessionStore, rec: SessionRecord, target: VolumeDevice, map: MapReader, backupSize: number): Promise<StartingOwnership> {
   const blocks = Math.ceil(target.size / rec.block_size);
+  const backupBlocks = Math.ceil(backupSize / rec.block_size);
   if (rec.status !== 'starting') return { rec, owned: store.loadOwned(rec.id, blocks), knownZero: undefined };
   // nothing was exported yet: make a file target sparse, so every hole of the backup
   // (and whatever lies past its end) already reads as zeroes and is owned from the start
   const sparse = target.sparseFile && !!target.makeSparse;
   if (sparse) await target.makeSparse!();
   const owned = new Uint8Array(blocks);
-  for (let b = 0; b < blocks; b++) {
-    if (b >= backupBlocks) owned[b] = 1; // past the backup: the target's own bytes, as a plain restore leaves them
-    else if (sparse && map.entry(b) === null) owned[b] = 1;
-  }
+  owned.fill(1, backupBlocks); // past the backup: the target's own bytes, as a plain restore leaves them
+  if (sparse) for (const r of mapRuns(map, backupSize, rec.block_size, 0, backupBlocks)) if (r.digest === null) owned.fill(1, r.index, r.index + r.blocks);
   const knownZero = sparse ? new Uint8Array(blocks).fill(1) : undefined; // the whole file was just truncated
   await target.flush?.();
   const running = await store.initialize(rec.id, owned, { status: 'running', blocks_total: blocks, size_bytes: target.size });

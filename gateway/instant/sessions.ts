@@ -24,6 +24,7 @@ import type { BlockDevice } from '../../blockdev/types.js';
 import type { ExportInfo } from '../../nbd/server.js';
 import type { VolumeDevice } from '../../drivers/volume/types.js';
 import type { Appliance } from '../appliance.js';
+import { BackupDevice } from '../devices/backup-device.js';
 import { HydrateDevice } from '../devices/hydrate.js';
 import { prepareRestore } from '../engine/restore.js';
 import type { ExportSource } from '../exports/registry.js';
@@ -205,10 +206,9 @@ export class InstantRestores implements ExportSource {
     try {
       if (target.size < backup.size_bytes) throw new ConflictError(`volume ${vol.name} is ${target.size} bytes, smaller than backup ${backup.id} (${backup.size_bytes} bytes)`);
       const bs = rec.block_size;
-      const backupBlocks = Math.ceil(backup.size_bytes / bs);
       const map = catalog.mapReader(backup);
-      const source = backupSource(map, this.chunks, backup.size_bytes, backupBlocks);
-      const initial = await startingOwnership(this.store, rec, target, map, backupBlocks);
+      const source = backupSource(new BackupDevice(backup.size_bytes, backup.chunk_size, map, this.chunks), backup.size_bytes);
+      const initial = await startingOwnership(this.store, rec, target, map, backup.size_bytes);
       rec = initial.rec;
       const id = rec.id;
       const hydrate = new HydrateDevice(target, source, {
