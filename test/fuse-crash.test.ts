@@ -1,6 +1,7 @@
 /**
  * The mount's life and death: SIGTERM / SIGINT unmount cleanly (also with a file open);
- * SIGKILL of the server alone is cleaned up by its auto_unmount helper; SIGKILL of both
+ * SIGKILL of the server alone is cleaned up by its auto_unmount helper or its watchdog (each
+ * alone is enough); SIGKILL of the server and both guards
  * leaves a stale mount ("Transport endpoint is not connected") that `blockgate umount` or
  * the next `blockgate mount` clears with a clear message; a killed browse server is cleaned
  * up by `browse --close`. Nothing ever needs a reboot.
@@ -14,7 +15,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { cli, sha, tmpDir, writeConfig } from './helpers/core.js';
-import { cleanupUnder, cliBackup, helperOf, loopsUnder, makeExt4, mountsUnder, requireFuse, run, startMount, treeSums, waitFor, writeSourceTree } from './helpers/fuse.js';
+import { cleanupUnder, cliBackup, helperOf, watchdogOf, loopsUnder, makeExt4, mountsUnder, requireFuse, run, startMount, treeSums, waitFor, writeSourceTree } from './helpers/fuse.js';
 import { findMount, pidAlive } from '../gateway/fuse/mount.js';
 import type { BrowseState } from '../gateway/fuse/browse.js';
 
@@ -82,39 +83,70 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   });
 }
 
-test('SIGKILL of the server: its auto_unmount helper takes the mount down; its reader leases die with it', async (t) => {
-  if (!requireFuse(t)) return;
-  const s = await setup(t);
-  const m = await startMount(t, s.data, s.mnt);
-  const fh = await fs.promises.open(path.join(s.mnt, 'by-id', s.id, 'disk.img'));
-  t.teardown(() => fh.close().catch(() => undefined));
-  const refused = await cli(s.data, ['backup', 'delete', s.id]);
-  t.is(refused.code, 4);
-  t.truthy(await helperOf(m.pid), 'a fusermount helper watches the server');
-  m.child.kill('SIGKILL');
-  await m.exited;
-  await waitFor('the helper to unmount', async () => !(await findMount(s.mnt)), 60_000);
-  t.deepEqual(await mountsUnder(s.dir), []);
-  // the open file now fails instead of hanging
-  await t.throwsAsync(fh.read(Buffer.alloc(10), 0, 10, 0));
-  t.is((await cli(s.data, ['backup', 'delete', s.id])).code, 0, 'a dead reader does not block delete');
-});
+for (const guard of ['both guards', 'the watchdog alone'] as const) {
+  test(`SIGKILL of the server: the mount is taken down (${guard === 'both guards' ? 'auto_unmount helper and watchdog' : 'its auto_unmount helper killed first: the watchdog alone'}); its reader leases die with it`, async (t) => {
+    if (!requireFuse(t)) return;
+    const s = await setup(t);
+    const m = await startMount(t, s.data, s.mnt);
+    const fh = await fs.promises.open(path.join(s.mnt, 'by-id', s.id, 'disk.img'));
+    t.teardown(() => fh.close().catch(() => undefined));
+    const refused = await cli(s.data, ['backup', 'delete', s.id]);
+    t.is(refused.code, 4);
+    const helper = await helperOf(m.pid);
+    t.truthy(helper, 'a fusermount helper watches the server');
+    t.truthy(await watchdogOf(m.pid), 'a watchdog watches the server');
+    if (guard === 'the watchdog alone') {
+      process.kill(helper!, 'SIGKILL');
+      await waitFor('the helper to die', () => !pidAlive(helper!));
+    }
+    m.child.kill('SIGKILL');
+    await m.exited;
+    try {
+      await waitFor('the helper to unmount', async () => !(await findMount(s.mnt)), 60_000);
+    } catch (e) {
+      // say where the helper is stuck (or that it left without unmounting), for the next run
+      t.log(helperState(helper!));
+      throw e;
+    }
+    t.deepEqual(await mountsUnder(s.dir), []);
+    // the open file now fails instead of hanging
+    await t.throwsAsync(fh.read(Buffer.alloc(10), 0, 10, 0));
+    t.is((await cli(s.data, ['backup', 'delete', s.id])).code, 0, 'a dead reader does not block delete');
+  });
+}
 
-/** kills the server and its auto_unmount helper at once: the mount is left stale */
+/** what a process is doing: state, wait channel, kernel stack, and the file locks held on the machine */
+function helperState(pid: number): string {
+  const read = (f: string) => {
+    try {
+      return fs.readFileSync(f, 'utf8').trim();
+    } catch (e) {
+      return `(${(e as Error).message})`;
+    }
+  };
+  if (!pidAlive(pid)) return `the helper (pid ${pid}) has exited without unmounting`;
+  const state = read(`/proc/${pid}/status`).split('\n').find((l) => l.startsWith('State:'));
+  return `helper pid ${pid}: ${state}; wchan ${read(`/proc/${pid}/wchan`)}\nstack:\n${read(`/proc/${pid}/stack`)}\nlocks:\n${read('/proc/locks')}`;
+}
+
+/** kills the server, its auto_unmount helper and its watchdog at once: the mount is left stale */
 async function killBoth(t: ExecutionContext, s: Setup) {
   const m = await startMount(t, s.data, s.mnt);
   const helper = await helperOf(m.pid);
+  const watchdog = await watchdogOf(m.pid);
   t.truthy(helper);
+  t.truthy(watchdog);
   process.kill(helper!, 'SIGKILL');
+  process.kill(watchdog!, 'SIGKILL');
   m.child.kill('SIGKILL');
   await m.exited;
-  await waitFor('the helper to die', () => !pidAlive(helper!));
+  await waitFor('the helper and the watchdog to die', () => !pidAlive(helper!) && !pidAlive(watchdog!));
   t.truthy(await findMount(s.mnt), 'the mount is still in the table');
   t.regex(await statError(s.mnt), /Transport endpoint is not connected/);
   return m;
 }
 
-test('SIGKILL of server and helper leaves a stale mount; `blockgate umount` clears it and says what it was', async (t) => {
+test('SIGKILL of server, helper and watchdog leaves a stale mount; `blockgate umount` clears it and says what it was', async (t) => {
   if (!requireFuse(t)) return;
   const s = await setup(t);
   const m = await killBoth(t, s);
@@ -125,7 +157,7 @@ test('SIGKILL of server and helper leaves a stale mount; `blockgate umount` clea
   t.is(await statError(s.mnt), 'ok');
 });
 
-test('SIGKILL of server and helper leaves a stale mount; the next `blockgate mount` clears it and serves again', async (t) => {
+test('SIGKILL of server, helper and watchdog leaves a stale mount; the next `blockgate mount` clears it and serves again', async (t) => {
   if (!requireFuse(t)) return;
   const s = await setup(t);
   await killBoth(t, s);
@@ -144,8 +176,7 @@ test('a browse whose catalog server was killed is still closed completely by bro
   const st = JSON.parse(r.stdout) as BrowseState;
   t.deepEqual(st.mounts.map((x) => x.image), ['disk.img']);
   t.deepEqual(Object.keys(await treeSums(path.join(br, 'disk'))).sort(), Object.keys(await treeSums(path.join(s.dir, 'src'))).sort());
-  const helper = await helperOf(st.mountPid!);
-  if (helper) process.kill(helper, 'SIGKILL');
+  for (const guard of [await helperOf(st.mountPid!), await watchdogOf(st.mountPid!)]) if (guard) process.kill(guard, 'SIGKILL');
   process.kill(st.mountPid!, 'SIGKILL');
   await waitFor('the server to die', () => !pidAlive(st.mountPid!));
   const c = await cli(s.data, ['browse', '--close', br]);

@@ -37,7 +37,12 @@ test.serial('os-force_delete on node a of a backup node b is creating: b stops i
   t.is(r.status, 202, await r.text());
   const show = async (n: string, id: string) => (await cliJson<{ status: string }>(c.dirs[n]!, ['backup', 'show', id])).status;
   await until(async () => (await show('a', victim)) === 'deleted', 120_000, 'the backup deleted on a');
-  await until(async () => (await show('b', victim)) === 'deleted', 120_000, 'the backup deleted on b');
+  try {
+    await until(async () => (await show('b', victim)) === 'deleted', 120_000, 'the backup deleted on b');
+  } catch (e) {
+    t.log(`on b it is ${await show('b', victim)}; b's log about it:\n${c.daemons.b!.log.filter((l) => l.includes(victim)).slice(-20).join('\n')}`);
+    throw e;
+  }
   // b stopped it (or it had just committed and a removed the manifest): either way one of them says it was deleted
   const del = [...(await c.events('a', 'backup.delete.end')), ...(await c.events('b', 'backup.delete.end'))].filter((e) => e.resource === victim);
   t.true(del.length >= 1, 'a backup.delete.end for it');

@@ -50,8 +50,9 @@
  * bits; it also shows that either reversed ordering is caught. test/instant-kill.test.ts
  * kills the real daemon with SIGKILL mid-hydration while libnbd guests write and flush.
  *
- * Modules: this file is the device (guest I/O, copy-on-read, bring-in under block locks);
- * hydrate-types.ts its public types (re-exported here); hydrate-blocks.ts block geometry,
+ * Modules: this file is the device (guest reads, copy-on-read, bring-in under block locks);
+ * hydrate-writes.ts the guest's writes, zeroing and trims (read-merge-write under block
+ * locks); hydrate-types.ts its public types (re-exported here); hydrate-blocks.ts block geometry,
  * locks and content; hydrate-ownership.ts the ownership state and sync(), which implements
  * the ordering of (a) and (c); hydrate-copier.ts the background copier and completion.
  */
@@ -59,6 +60,7 @@ import { BlockDeviceError, type BlockDevice, type Extent, type ZeroOptions } fro
 import { checkRange } from '../../blockdev/filter.js';
 import { HydrateBlocks } from './hydrate-blocks.js';
 import { Copier } from './hydrate-copier.js';
+import { GuestWrites } from './hydrate-writes.js';
 import { Ownership, type SyncKind } from './hydrate-ownership.js';
 import type { HydrateOptions, HydrateSource, HydrateStats } from './hydrate-types.js';
 
@@ -80,6 +82,8 @@ export class HydrateDevice implements BlockDevice {
   private readonly knownZero: Uint8Array;
   /** geometry, per-block locks, block content */
   private readonly blk: HydrateBlocks;
+  /** the guest's writes, zeroing and trims */
+  private readonly writes: GuestWrites;
   private dead: BlockDeviceError | null = null;
 
   private guestInFlight = 0;
@@ -118,6 +122,17 @@ export class HydrateDevice implements BlockDevice {
       },
       opts,
     );
+    this.writes = new GuestWrites({
+      target,
+      blk: this.blk,
+      own: this.own,
+      knownZero: this.knownZero,
+      alive: () => {
+        if (this.dead) throw this.dead;
+      },
+      markOwned: (b) => this.markOwned(b),
+      sync: (kind) => this.sync(kind),
+    });
     this.bytesCopied = 0;
   }
 
@@ -221,54 +236,16 @@ export class HydrateDevice implements BlockDevice {
     });
   }
 
+
   async write(offset: number, data: Buffer, fua?: boolean): Promise<void> {
     this.check(offset, data.length);
     if (!data.length) return;
     this.guestBegin();
     try {
-      const jobs: Promise<void>[] = [];
-      for (const seg of this.blk.segments(offset, data.length)) {
-        const part = data.subarray(seg.from - offset, seg.to - offset);
-        this.knownZero[seg.b] = 0;
-        if (this.own.isOwned(seg.b)) jobs.push(this.target.write!(seg.from, part));
-        else jobs.push(this.changeNotOwned(seg.b, seg.from, part));
-      }
-      await Promise.all(jobs);
-      if (fua) await this.sync('guest');
+      await this.writes.write(offset, data, fua);
     } finally {
       this.guestEnd();
     }
-  }
-
-  /**
-   * A write (or zeroing, data = null) of [from, from+len) in block b, which was not owned when
-   * the request arrived. Under b's lock: still not owned -> whole block covered: write it;
-   * partly covered: bring the block in from the backup, merge, write the whole block. Owned.
-   */
-  private changeNotOwned(b: number, from: number, data: Buffer | null, zeroLen = 0): Promise<void> {
-    const len = data ? data.length : zeroLen;
-    return this.blk.withLock(b, async () => {
-      if (this.dead) throw this.dead;
-      if (this.own.isOwned(b)) {
-        if (data) await this.target.write!(from, data);
-        else await this.blk.targetZero(from, len);
-        return;
-      }
-      const start = this.blk.blockStart(b);
-      const blen = this.blk.blockLen(b);
-      if (from === start && len === blen) {
-        if (data) await this.target.write!(from, data);
-        else await this.blk.targetZero(from, len);
-      } else {
-        const base = await this.blk.backupBlock(b);
-        const merged = Buffer.alloc(blen);
-        base?.copy(merged);
-        if (data) data.copy(merged, from - start);
-        else merged.fill(0, from - start, from - start + len);
-        await this.target.write!(start, merged);
-      }
-      this.markOwned(b);
-    });
   }
 
   async zero(offset: number, length: number, opts: ZeroOptions = {}): Promise<void> {
@@ -277,46 +254,10 @@ export class HydrateDevice implements BlockDevice {
     if (!length) return;
     this.guestBegin();
     try {
-      let run: { from: number; to: number } | null = null;
-      const jobs: Promise<void>[] = [];
-      for (const seg of this.blk.segments(offset, length)) {
-        const b = seg.b;
-        const whole = seg.from === this.blk.blockStart(b) && seg.to === this.blk.blockStart(b) + this.blk.blockLen(b);
-        if (this.knownZero[b] && (this.own.isOwned(b) || whole)) {
-          // the target already reads as zeroes there: nothing to write, only to own
-          if (!this.own.isOwned(b)) jobs.push(this.ownZeroBlock(b));
-          continue;
-        }
-        this.knownZero[b] = 0;
-        if (this.own.isOwned(seg.b)) {
-          if (run && run.to === seg.from) run.to = seg.to;
-          else {
-            if (run) jobs.push(this.blk.targetZero(run.from, run.to - run.from));
-            run = { from: seg.from, to: seg.to };
-          }
-          continue;
-        }
-        jobs.push(this.changeNotOwned(seg.b, seg.from, null, seg.to - seg.from));
-        if (jobs.length >= 64) await Promise.all(jobs.splice(0));
-      }
-      if (run) jobs.push(this.blk.targetZero(run.from, run.to - run.from));
-      await Promise.all(jobs);
-      if (opts.fua) await this.sync('guest');
+      await this.writes.zero(offset, length, opts);
     } finally {
       this.guestEnd();
     }
-  }
-
-  /** zeroing a whole block not owned whose target bytes are zeroes already */
-  private ownZeroBlock(b: number): Promise<void> {
-    return this.blk.withLock(b, async () => {
-      if (this.dead) throw this.dead;
-      if (this.own.isOwned(b)) {
-        if (!this.knownZero[b]) await this.blk.targetZero(this.blk.blockStart(b), this.blk.blockLen(b));
-        return;
-      }
-      this.markOwned(b);
-    });
   }
 
   /** a trimmed range reads as zeroes afterwards */

@@ -7,7 +7,8 @@
  * FUSE requests it must answer run on its own event loop. Everything here that looks at a
  * mount point runs in a child process (stat, fusermount, umount) or reads /proc.
  * The mount is made with `auto_unmount`: a helper fusermount process unmounts it when the
- * serving process dies, even by SIGKILL. Should the helper die too, the next `blockgate
+ * serving process dies, even by SIGKILL; a watchdog process (watchdog.ts) does the same should
+ * the helper leave without unmounting. Should both die too, the next `blockgate
  * mount` or `blockgate umount` finds the stale mount and clears it with `fusermount -u -z`.
  */
 import fs from 'node:fs';
@@ -16,6 +17,7 @@ import Fuse, { type FuseOps, type FuseOptions } from 'fuse-native';
 import { ConflictError, NotFoundError } from '../../catalog/catalog.js';
 import type { Appliance } from '../appliance.js';
 import { CatalogFs, FsError, errno, type CatalogFsOptions, type Stat } from './fs.js';
+import { startWatchdog, type Watchdog } from './watchdog.js';
 
 export * from './mounts.js';
 import { ENOTCONN_TEXT, SOURCE_PREFIX, findMount, isBlockgateMount, lazyUnmount, pidAlive, probeMount, servingPid } from './mounts.js';
@@ -101,6 +103,7 @@ export class FuseMount {
     readonly mountPoint: string,
     readonly fs: CatalogFs,
     private readonly fuse: Fuse,
+    private readonly watchdog: Watchdog,
   ) {
     this.gone = new Promise((resolve) => (this.goneResolve = resolve));
   }
@@ -125,6 +128,8 @@ export class FuseMount {
         const fuse = new ReadOnlyFuse(mp, ops, options, cfs, errorCode(opts.log));
         fuse.mount((err) => (err ? reject(err) : resolve(fuse)));
       });
+    // started before the mount, so that it holds none of the mount's descriptors
+    const watchdog = startWatchdog(mp, `${SOURCE_PREFIX}${process.pid}`, opts.log);
     let fuse: Fuse;
     try {
       fuse = await mountWith(true);
@@ -133,10 +138,11 @@ export class FuseMount {
       try {
         fuse = await mountWith(false);
       } catch (e2) {
+        watchdog.stop();
         throw new Error(`cannot mount ${mp}: ${(e2 as Error).message} (is /dev/fuse there, and fuse3 + libfuse2 installed?)`);
       }
     }
-    const m = new FuseMount(mp, cfs, fuse);
+    const m = new FuseMount(mp, cfs, fuse, watchdog);
     m.watch = setInterval(() => {
       findMount(mp)
         .then((e) => {
@@ -157,6 +163,7 @@ export class FuseMount {
         await new Promise<void>((resolve) => this.fuse.unmount(() => resolve()));
         if (await findMount(this.mountPoint).then((e) => e && servingPid(e) === process.pid)) await lazyUnmount(this.mountPoint).catch(() => undefined);
       }
+      this.watchdog.stop();
       await this.fs.close();
       this.goneResolve('closed');
     })();

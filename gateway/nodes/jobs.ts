@@ -28,7 +28,6 @@ import { type BackupRecord, type VolumeRecord, now } from '../../catalog/records
 import type { Appliance } from '../appliance.js';
 import { baseConfig, rdkafka } from '../events/kafka-client.js';
 import { safeDisconnect } from '../events/kafka.js';
-import { beginDelete } from '../engine/delete.js';
 import { backupPayload } from '../jobs/handlers.js';
 import { type JobHandlers, type JobSpec, LocalJobQueue } from '../jobs/queue.js';
 import type { Claim, JobClaims } from './claims.js';
@@ -289,9 +288,12 @@ export class ClusterJobQueue extends LocalJobQueue {
         if (stopped || (!done && !cancel) || !this.runsHere(job.id)) return;
         stopped = true;
         if (cancel?.delete && !done) {
-          // as a force-delete here would: the job sees `deleting`, stops, and the backup ends deleted
+          // as a force-delete here would: the job sees `deleting`, stops, and the backup ends
+          // deleted. Only while it is still creating: one that has just committed stays as it is
+          // (never `deleting` with no job to finish it); the node that asked removes its manifest,
+          // and this node's follower then marks it deleted.
           try {
-            beginDelete(this.app, job.backup_id, { force: true });
+            this.app.catalog.transition(job.backup_id, ['creating'], 'deleting', { fail_reason: `cancel requested by os-force_delete on node ${cancel.node}` });
           } catch {
             /* not creating any more: the job ends as it is */
           }

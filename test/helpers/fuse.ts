@@ -88,7 +88,16 @@ export async function startMount(t: ExecutionContext, dataDir: string, mnt: stri
 
 /** the fusermount helper that auto_unmount leaves next to a mount process */
 export async function helperOf(pid: number): Promise<number | undefined> {
-  const r = await run('pgrep', ['-P', String(pid), 'fusermount']);
+  return childOf(pid, 'fusermount');
+}
+
+/** the mount watchdog (gateway/fuse/watchdog.ts) of a mount server */
+export async function watchdogOf(pid: number): Promise<number | undefined> {
+  return childOf(pid, 'python3');
+}
+
+async function childOf(pid: number, name: string): Promise<number | undefined> {
+  const r = await run('pgrep', ['-P', String(pid), name]);
   const n = Number(r.stdout.trim().split('\n')[0]);
   return n > 0 ? n : undefined;
 }
