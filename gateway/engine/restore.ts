@@ -7,7 +7,7 @@
  */
 import type { BackupRecord, VolumeRecord } from '../../catalog/records.js';
 import type { Appliance } from '../appliance.js';
-import { RepoChunkReader, SlotChunkReader } from '../read/chunk-reader.js';
+import { ChunkSlot, RepoChunkReader } from '../read/chunk-reader.js';
 import type { Progress } from './backup.js';
 import { mapRuns } from '../read/map-walk.js';
 import { range, runWindow } from './pipeline.js';
@@ -40,7 +40,7 @@ async function copyBackup(app: Appliance, backup: BackupRecord, target: VolumeRe
   const map = catalog.mapReader(backup);
   const depth = app.config.pipelineDepth;
   const cs = backup.chunk_size;
-  const reader = new SlotChunkReader(app.repo, app.pool, cs, depth);
+  const chunks = new RepoChunkReader(app.repo, app.pool);
   const dev = await app.volumeDriver(target).open('write');
   const count = Math.ceil(backup.size_bytes / cs);
   let done = 0;
@@ -49,7 +49,6 @@ async function copyBackup(app: Appliance, backup: BackupRecord, target: VolumeRe
   try {
     if (dev.sparseFile) await dev.makeSparse!();
     if (seg > 1) {
-      const chunks = new RepoChunkReader(app.repo, app.pool);
       const bufs = Array.from({ length: depth }, () => Buffer.allocUnsafe(seg * cs));
       await runWindow(range(Math.ceil(count / seg)), depth, async (s, slot) => {
         const first = s * seg;
@@ -87,6 +86,8 @@ async function copyBackup(app: Appliance, backup: BackupRecord, target: VolumeRe
       await dev.flush?.();
       return;
     }
+    // 4 MiB chunks: each read into its pipeline slot's buffers, nothing allocated per chunk
+    const slots = Array.from({ length: depth }, () => new ChunkSlot(cs));
     // holes: one item per block where they are written (zeroes spread over the pipeline), one per run where they are skipped
     await runWindow(mapRuns(map, backup.size_bytes, cs, 0, count, dev.sparseFile ? Infinity : 1), depth, async (r, slot) => {
       if (r.digest === null) {
@@ -94,7 +95,7 @@ async function copyBackup(app: Appliance, backup: BackupRecord, target: VolumeRe
       } else {
         let data: Buffer;
         try {
-          data = await reader.read(r.digest, slot);
+          data = await chunks.readInto(r.digest, slots[slot]!);
         } catch (e) {
           throw new BlockReadError(backup, r.index, e as Error);
         }

@@ -1,6 +1,6 @@
 /**
- * Chunk reading: one narrow interface (read a chunk by digest), a reader over the
- * repository that verifies every chunk, and a caching reader with a byte-bounded LRU that
+ * Chunk reading: one narrow interface (read a chunk by digest; several together; into a
+ * reused slot), a reader over the repository that verifies every chunk, and a caching reader with a byte-bounded LRU that
  * also merges concurrent reads of the same chunk (as Proxmox Backup Server's
  * CachedChunkReader does).
  */
@@ -16,6 +16,26 @@ export interface ChunkReader {
    * neighbouring blobs of a pack in one range read and one decode task
    */
   readMany?(digests: string[]): Promise<(Buffer | Error)[]>;
+  /**
+   * the verified plaintext read into a slot's buffers, valid until the slot is used again: a
+   * bulk reader (restore) allocates nothing per chunk
+   */
+  readInto?(digest: string, slot: ChunkSlot): Promise<Buffer>;
+}
+
+/**
+ * A pair of buffers (the stored object, its plaintext) that readInto reads a chunk into; they
+ * travel to a decode worker and back, so the slot holds whichever buffers came back. Memory of
+ * a bulk reader is its slots: `depth` x 2 chunks.
+ */
+export class ChunkSlot {
+  object: ArrayBuffer;
+  out: ArrayBuffer;
+
+  constructor(readonly chunkSize: number) {
+    this.object = new ArrayBuffer(chunkSize + OBJECT_OVERHEAD);
+    this.out = new ArrayBuffer(chunkSize);
+  }
 }
 
 /** neighbouring blobs closer than this are read in one range (the gap is read and dropped) */
@@ -77,6 +97,23 @@ export class RepoChunkReader implements ChunkReader {
     ]);
     return out;
   }
+  async readInto(digest: string, slot: ChunkSlot): Promise<Buffer> {
+    const object = slot.object;
+    const out = slot.out;
+    const n = await this.repo.getChunkInto(digest, Buffer.from(object));
+    try {
+      const r = await this.pool.decodeInto(object, n, digest, out);
+      slot.object = r.object;
+      slot.out = r.out;
+      return r.plain;
+    } catch (e) {
+      // a failed decode keeps the transferred buffers: replace them
+      if (object.byteLength === 0) slot.object = new ArrayBuffer(slot.chunkSize + OBJECT_OVERHEAD);
+      if (out.byteLength === 0) slot.out = new ArrayBuffer(slot.chunkSize);
+      throw e;
+    }
+  }
+
   async read(digest: string): Promise<Buffer> {
     const local = this.repo.chunkFile(digest);
     if (local) {
@@ -92,38 +129,6 @@ export class RepoChunkReader implements ChunkReader {
     }
     const object = await this.repo.getChunk(digest);
     return this.pool.decode(object, digest);
-  }
-}
-
-/**
- * Reads chunks into a fixed set of buffer pairs (object, plaintext), for bulk readers such
- * as restore: memory is `depth` x 2 chunks, and nothing is allocated per chunk.
- */
-export class SlotChunkReader {
-  private readonly objects: ArrayBuffer[];
-  private readonly outs: ArrayBuffer[];
-
-  constructor(private readonly repo: Repository, private readonly pool: ChunkWorkerPool, private readonly chunkSize: number, depth: number) {
-    this.objects = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize + OBJECT_OVERHEAD));
-    this.outs = Array.from({ length: depth }, () => new ArrayBuffer(chunkSize));
-  }
-
-  /** the verified plaintext, valid until the same slot is used again */
-  async read(digest: string, slot: number): Promise<Buffer> {
-    const n = await this.repo.getChunkInto(digest, Buffer.from(this.objects[slot]!));
-    const object = this.objects[slot]!;
-    const out = this.outs[slot]!;
-    try {
-      const r = await this.pool.decodeInto(object, n, digest, out);
-      this.objects[slot] = r.object;
-      this.outs[slot] = r.out;
-      return r.plain;
-    } catch (e) {
-      // a failed decode keeps the transferred buffers: replace them
-      if (object.byteLength === 0) this.objects[slot] = new ArrayBuffer(this.chunkSize + OBJECT_OVERHEAD);
-      if (out.byteLength === 0) this.outs[slot] = new ArrayBuffer(this.chunkSize);
-      throw e;
-    }
   }
 }
 
