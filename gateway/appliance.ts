@@ -21,14 +21,14 @@ import { EVENTS_DIR, EventLog } from './events/log.js';
 import { KafkaSink, type KafkaSinkOptions } from './events/kafka.js';
 import { followRepository } from './engine/follow.js';
 import { followPacks } from './engine/repack.js';
-import { repoSecrets } from './repo-secrets.js';
+import { repoSecrets, s3StoreOptions } from './repo-secrets.js';
 import { type ApplianceConfig, type RepoDriverConfig, type S3RepoConfig, loadConfig } from './config.js';
 
 export type StoreFactory = (cfg: RepoDriverConfig) => Promise<ObjectStore>;
 const storeFactories: Record<string, StoreFactory> = {
   dir: async (cfg) => new DirStore((cfg as { path: string }).path),
   // S3 (issue 6): loaded on first use; retries long enough to ride out an endpoint restart
-  s3: async (cfg) => (await import('../drivers/store/s3.js')).S3Store.open({ maxAttempts: 8, retryBaseDelayMs: 200, retryMaxDelayMs: 10_000, ...(cfg as S3RepoConfig) }),
+  s3: async (cfg) => (await import('../drivers/store/s3.js')).S3Store.open({ maxAttempts: 8, retryBaseDelayMs: 200, retryMaxDelayMs: 10_000, ...s3StoreOptions(cfg as S3RepoConfig) }),
 };
 /** lets a driver module (S3) register itself without the core importing it */
 export function registerStoreDriver(name: string, f: StoreFactory): void {

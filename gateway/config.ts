@@ -137,8 +137,8 @@ function logLevel(v: unknown, key: string): LogLevel {
  * The environment variables the appliance reads, all of them here, each checked:
  * BLOCKGATE_CACHE_BYTES (a size), BLOCKGATE_NBD_PORT, BLOCKGATE_LOG_LEVEL, BLOCKGATE_CEPH_USER.
  * (BLOCKGATE_DATA_DIR is read by defaultDataDir; BLOCKGATE_PASSPHRASE by gateway/repo-secrets.ts,
- * which keeps the secret out of the config object; the AWS_* variables by the S3 SDK's
- * standard credential chain in drivers/store/s3.ts.)
+ * which keeps the secret out of the config object; the AWS_* variables of an S3 repository
+ * there too, by s3StoreOptions, when the repository is opened.)
  */
 function fromEnvironment(env: NodeJS.ProcessEnv, cfg: ApplianceConfig): void {
   const v = (k: string) => (env[k] === undefined || env[k] === '' ? undefined : env[k]);

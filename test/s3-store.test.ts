@@ -10,6 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { DeleteObjectCommand, GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { S3RepositoryError, S3Store, type S3StoreOptions } from '../drivers/store/s3.js';
 import { ObjectNotFoundError } from '../drivers/store/types.js';
+import { s3StoreOptions } from '../gateway/repo-secrets.js';
 import { cephTest, getS3, rawS3Client, type S3Endpoint } from './helpers/ceph.js';
 import { objectStoreContract } from './helpers/store-contract.js';
 import { TcpProxy } from './helpers/tcp-proxy.js';
@@ -108,18 +109,9 @@ async function collect(it: AsyncIterable<string>): Promise<string[]> {
 }
 
 test('credentials can come from the AWS_* environment variables', async (t) => {
-  const saved = { id: process.env.AWS_ACCESS_KEY_ID, secret: process.env.AWS_SECRET_ACCESS_KEY };
-  process.env.AWS_ACCESS_KEY_ID = s3.accessKeyId;
-  process.env.AWS_SECRET_ACCESS_KEY = s3.secretAccessKey;
-  let store: S3Store;
-  try {
-    store = new S3Store({ bucket: BUCKET, endpoint: s3.endpoint, region: s3.region, prefix: uniquePrefix() });
-  } finally {
-    if (saved.id === undefined) delete process.env.AWS_ACCESS_KEY_ID;
-    else process.env.AWS_ACCESS_KEY_ID = saved.id;
-    if (saved.secret === undefined) delete process.env.AWS_SECRET_ACCESS_KEY;
-    else process.env.AWS_SECRET_ACCESS_KEY = saved.secret;
-  }
+  // the appliance reads them (gateway/repo-secrets.ts) and hands them to the store
+  const env = { AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey };
+  const store = new S3Store(s3StoreOptions({ bucket: BUCKET, endpoint: s3.endpoint, region: s3.region, prefix: uniquePrefix() }, env));
   t.teardown(() => store.close());
   await store.put('env/creds', Buffer.from('ok'));
   t.is((await store.get('env/creds')).toString(), 'ok');

@@ -35,11 +35,11 @@ export interface S3StoreOptions {
   bucket: string;
   /** key prefix inside the bucket ("a/b" -> keys "a/b/<name>"); default none */
   prefix?: string;
-  /** endpoint URL, e.g. http://127.0.0.1:7480; default: AWS S3 (or AWS_ENDPOINT_URL[_S3]) */
+  /** endpoint URL, e.g. http://127.0.0.1:7480; default: AWS S3 (the appliance passes AWS_ENDPOINT_URL[_S3]: gateway/repo-secrets.ts) */
   endpoint?: string;
-  /** default: AWS_REGION, AWS_DEFAULT_REGION, else us-east-1 */
+  /** default us-east-1 (the appliance passes AWS_REGION or AWS_DEFAULT_REGION) */
   region?: string;
-  /** default: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, else the SDK's default chain */
+  /** default: the SDK's default chain (the appliance passes AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN) */
   accessKeyId?: string;
   secretAccessKey?: string;
   sessionToken?: string;
@@ -108,6 +108,7 @@ export class S3Store implements ObjectStore {
   private readonly baseDelay: number;
   private readonly maxDelay: number;
   private readonly secrets: string[];
+  private readonly region: string;
   private bucketChecked: Promise<void> | null = null;
   private closed = false;
 
@@ -121,16 +122,13 @@ export class S3Store implements ObjectStore {
       throw new S3RepositoryError(`invalid S3 key prefix ${JSON.stringify(opts.prefix)}`, 'InvalidPrefix');
     }
     this.prefix = p ? `${p}/` : '';
-    const env = process.env;
     // the SDK warns on every start that future releases need Node 22; blockgate runs on 20
-    env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
-    const endpoint = opts.endpoint ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL;
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+    // everything else comes in opts: the appliance fills in the AWS_* variables (gateway/repo-secrets.ts)
+    const { endpoint, accessKeyId, secretAccessKey, sessionToken } = opts;
     this.endpointLabel = endpoint ? sanitizeEndpoint(endpoint) : 'AWS S3';
     this.location = `s3://${this.bucket}/${this.prefix}` + (endpoint ? ` at ${this.endpointLabel}` : '');
-    const region = opts.region ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? 'us-east-1';
-    const accessKeyId = opts.accessKeyId ?? env.AWS_ACCESS_KEY_ID;
-    const secretAccessKey = opts.secretAccessKey ?? env.AWS_SECRET_ACCESS_KEY;
-    const sessionToken = opts.sessionToken ?? (opts.accessKeyId === undefined ? env.AWS_SESSION_TOKEN : undefined);
+    const region = (this.region = opts.region ?? 'us-east-1');
     if ((accessKeyId === undefined) !== (secretAccessKey === undefined)) {
       throw new S3RepositoryError(`S3 access key and secret key must be given together for ${this.endpointLabel}`, 'IncompleteCredentials');
     }
@@ -368,7 +366,7 @@ export class S3Store implements ObjectStore {
           return new S3RepositoryError(`bucket ${this.bucket} does not exist at ${ep}`, 'NoSuchBucket', 404);
         }
         if (c.status === 301 || c.code === 'PermanentRedirect' || c.code === 'AuthorizationHeaderMalformed') {
-          return new S3RepositoryError(`bucket ${this.bucket} is not reachable with region ${JSON.stringify(this.opts.region ?? process.env.AWS_REGION ?? 'us-east-1')} at ${ep} (${c.code}); check the region`, c.code, c.status);
+          return new S3RepositoryError(`bucket ${this.bucket} is not reachable with region ${JSON.stringify(this.region)} at ${ep} (${c.code}); check the region`, c.code, c.status);
         }
         if (c.code === 'RequestTimeTooSkewed') {
           return new S3RepositoryError(`${ep} refuses requests because this machine's clock is off; fix the clock (NTP)`, c.code, c.status);

@@ -20,7 +20,7 @@ import { Catalog } from '../../catalog/catalog.js';
 import { CODECS, type CodecName } from '../../drivers/codec.js';
 import { DEFAULT_BLOCK } from '../../drivers/chunk.js';
 import { Repository, type RepoSecrets } from '../../drivers/repository.js';
-import { readSecretFrom } from '../../gateway/repo-secrets.js';
+import { readSecretFrom, s3StoreOptions } from '../../gateway/repo-secrets.js';
 import type { ObjectStore } from '../../drivers/store/types.js';
 import { DirStore } from '../../drivers/store/dir.js';
 import { Appliance } from '../../gateway/appliance.js';
@@ -115,7 +115,7 @@ async function openStoreForCreate(cfg: RepoDriverConfig): Promise<ObjectStore> {
   if (cfg.driver === 'dir') return new DirStore(cfg.path);
   const { S3Store } = await import('../../drivers/store/s3.js');
   // the bucket is made if it does not exist yet (wrong keys or endpoint fail here, clearly)
-  return S3Store.open({ ...cfg, createBucket: true });
+  return S3Store.open({ ...s3StoreOptions(cfg), createBucket: true });
 }
 
 /**
