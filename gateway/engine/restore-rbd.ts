@@ -3,9 +3,9 @@
  * (of an RBD image or of a file) into an RBD image by diff, as Cinder's Ceph driver does.
  *
  * The restore streams an RBD diff built from the backup's block map into
- * `rbd import-diff - POOL/IMAGE`: one 'w' record per data chunk, in order, with chunks
- * fetched and verified `pipelineDepth` at a time ahead of the writer. Holes are not written
- * into an image that has nothing allocated (a new one); into an image that holds data they
+ * `rbd import-diff - POOL/IMAGE`: one 'w' record per data chunk (per span of small blocks), in
+ * order, with chunks fetched and verified `pipelineDepth` at a time ahead of the writer
+ * (restore-copy.ts, the copy a plain restore uses). Holes are not written into an image that has nothing allocated (a new one); into an image that holds data they
  * become 'z' records (import-diff discards them), and so does everything past the backup
  * when the target is larger. The diff's size is the target's, so a larger target keeps its
  * size and reads as zeroes past the backup. No snapshot is left on the target.
@@ -15,9 +15,8 @@ import type { BackupRecord, VolumeRecord } from '../../catalog/records.js';
 import { RbdDiffWriter } from '../../drivers/rbd/diff.js';
 import { RbdError, RbdVolume, parseRbdSpec } from '../../drivers/volume/rbd.js';
 import type { Appliance } from '../appliance.js';
-import { RepoChunkReader } from '../read/chunk-reader.js';
-import { mapData } from '../read/map-walk.js';
 import type { Progress } from './backup.js';
+import { copyBackup } from './restore-copy.js';
 import { BlockReadError, prepareRestore } from './restore-target.js';
 import { createRbdVolume } from './volumes-rbd.js';
 import { checkVolumeName } from './volumes.js';
@@ -50,34 +49,6 @@ export async function restoreRbd(app: Appliance, backup: BackupRecord, target: V
     throw new ConflictError(`volume ${target.name} is ${size} bytes, smaller than backup ${backup.id} (${backup.size_bytes} bytes); restore into a volume at least as large`);
   }
   const zeroHoles = !(await vol.isEmpty());
-  const map = app.catalog.mapReader(backup);
-  const reader = new RepoChunkReader(app.repo, app.pool);
-  const cs = backup.chunk_size;
-  const count = Math.ceil(backup.size_bytes / cs);
-
-  // chunks fetched ahead of the writer, in order; a failed fetch is thrown when its turn comes
-  const depth = Math.max(1, app.config.pipelineDepth);
-  const ahead: Array<{ i: number; data: Promise<Buffer> }> = [];
-  const blocks = mapData(map, backup.size_bytes, cs);
-  const fill = () => {
-    while (ahead.length < depth) {
-      const next = blocks.next();
-      if (next.done) return;
-      const { index: i, digest, length } = next.value;
-      const data = reader.read(digest).then(
-        (d) => {
-          if (d.length !== length) throw new BlockReadError(backup, i, new Error(`chunk ${digest} holds ${d.length} bytes, expected ${length}`));
-          return d;
-        },
-        (e: Error) => {
-          throw new BlockReadError(backup, i, e);
-        },
-      );
-      data.catch(() => undefined); // handled when its turn comes
-      ahead.push({ i, data });
-    }
-  };
-
   const { child, stderr, exit } = vol.spawnRbd(['import-diff', '--no-progress', '-', vol.spec], 'pipe');
   child.stdin.on('error', () => {}); // EPIPE if rbd stops early: its exit status says why
   child.stdout.resume();
@@ -88,26 +59,25 @@ export async function restoreRbd(app: Appliance, backup: BackupRecord, target: V
     if (zeroFrom >= 0 && end > zeroFrom) await w.zero(zeroFrom, end - zeroFrom);
     zeroFrom = -1;
   };
-  let done = 0;
   try {
     await w.writeHeader();
-    let next = 0; // first chunk index not yet written or skipped
-    fill();
-    while (ahead.length) {
-      const { i, data } = ahead.shift()!;
-      fill();
-      if (i > next) {
-        if (zeroHoles && zeroFrom < 0) zeroFrom = next * cs;
-        done += (i - next) * cs;
-      }
-      const buf = await data;
-      await flushZeroes(i * cs);
-      await w.data(i * cs, buf);
-      done += buf.length;
-      next = i + 1;
-      progress?.(Math.min(done, backup.size_bytes), backup.size_bytes);
-    }
-    if (next < count && zeroHoles && zeroFrom < 0) zeroFrom = next * cs;
+    // the diff is a stream: blocks handed over in order, each in a buffer of its own (the pipe may queue it)
+    await copyBackup(
+      app,
+      backup,
+      {
+        ordered: true,
+        keepsData: true,
+        write: async (offset, data) => {
+          await flushZeroes(offset);
+          await w.data(offset, data);
+        },
+        hole: async (offset) => {
+          if (zeroHoles && zeroFrom < 0) zeroFrom = offset;
+        },
+      },
+      progress,
+    );
     if (zeroHoles && size > backup.size_bytes && zeroFrom < 0) zeroFrom = backup.size_bytes;
     await flushZeroes(size);
     await w.finish();
