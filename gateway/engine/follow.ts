@@ -10,6 +10,7 @@ import { now } from '../../catalog/records.js';
 import type { Appliance } from '../appliance.js';
 import { dropGonePacks } from './pack-index.js';
 import { followPacks } from './repack.js';
+import { DigestSet } from './digest-set.js';
 
 export const EPOCH_KEY = 'gcEpoch';
 
@@ -28,15 +29,15 @@ export function knownEpoch(app: Appliance): string {
 export interface RepositoryListing {
   manifests: Set<string>;
   /** loose chunk and page objects */
-  chunks: Set<string>;
-  pages: Set<string>;
+  chunks: DigestSet;
+  pages: DigestSet;
   /** a packed repository: the packs that are neither gone nor retired, already read into the catalog */
   packs?: Set<string>;
 }
 
 async function listRepository(app: Appliance): Promise<RepositoryListing> {
   const { repo } = app;
-  const out: RepositoryListing = { manifests: new Set(), chunks: new Set(), pages: new Set() };
+  const out: RepositoryListing = { manifests: new Set(), chunks: new DigestSet(), pages: new DigestSet() };
   for await (const id of repo.listManifests()) out.manifests.add(id);
   for await (const d of repo.listChunks()) out.chunks.add(d);
   for await (const d of repo.listPages()) out.pages.add(d);

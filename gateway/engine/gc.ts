@@ -34,6 +34,7 @@ import { ConflictError } from '../../catalog/catalog.js';
 import { decodeManifest } from '../../catalog/manifest.js';
 import { DEFAULT_TTL_MS, RepositoryBusyError, acquireGcLock, describeHolder, liveWriters, newEpoch } from '../../drivers/coordination.js';
 import { type PackGcReport, followPacks, sweepPacks } from './repack.js';
+import { DigestSet } from './digest-set.js';
 import type { Appliance } from '../appliance.js';
 import { followRepository } from './follow.js';
 import { runWindow } from './pipeline.js';
@@ -103,8 +104,8 @@ async function markAndSweep(app: Appliance, epoch: string, opts: GcOptions): Pro
   // a packed repository: every pack's index is known before the mark (pages of other writers are read through it)
   const packs = repo.packed ? await followPacks(app) : null;
   opts.onPhase?.('mark');
-  const livePages = new Set<string>();
-  const liveChunks = new Set<string>();
+  const livePages = new DigestSet();
+  const liveChunks = new DigestSet();
   const manifests = new Set<string>();
   for await (const id of repo.listManifests()) {
     let data: Buffer;
@@ -149,11 +150,11 @@ const SWEEP_BATCH = 256;
  * Removes the unmarked objects of one kind, in batches: the index entries of a batch in one
  * transaction (committed), then its objects, a few at a time.
  */
-async function sweep(app: Appliance, kind: 'chunks' | 'pages', live: Set<string>, cutoff: number, report: GcReport): Promise<{ removed: number; kept: Set<string> }> {
+async function sweep(app: Appliance, kind: 'chunks' | 'pages', live: DigestSet, cutoff: number, report: GcReport): Promise<{ removed: number; kept: DigestSet }> {
   const index = kind === 'chunks' ? app.catalog.chunks : app.catalog.pages;
   const remove = (d: string) => (kind === 'chunks' ? app.repo.deleteChunk(d) : app.repo.deletePage(d));
   let removed = 0;
-  const kept = new Set<string>();
+  const kept = new DigestSet();
   let batch: string[] = [];
   const flush = async () => {
     const todo = batch;

@@ -35,6 +35,7 @@ import type { PackEntry } from '../../drivers/pack.js';
 import type { RetiredPack } from '../../drivers/repository.js';
 import type { Appliance } from '../appliance.js';
 import { dropGonePacks, indexPack, knownPackEntries, readNewPacks } from './pack-index.js';
+import type { DigestSet } from './digest-set.js';
 
 export interface PackGcReport {
   removedPacks: number;
@@ -85,7 +86,7 @@ const key = (e: PackEntry) => `${e.kind === 'chunks' ? 'c' : 'p'}${e.digest}`;
  * Deletes dead packs and repacks mostly-dead ones; `live`: what the mark found. Returns the
  * packs left active.
  */
-export async function sweepPacks(app: Appliance, listing: PackListing, live: { chunks: Set<string>; pages: Set<string> }, opts: PackGcOptions, report: PackGcReport): Promise<Set<string>> {
+export async function sweepPacks(app: Appliance, listing: PackListing, live: { chunks: DigestSet; pages: DigestSet }, opts: PackGcOptions, report: PackGcReport): Promise<Set<string>> {
   const { catalog, repo } = app;
   const threshold = opts.repackThreshold ?? 0.5;
   const now = Date.now();
