@@ -26,6 +26,15 @@ export function readSecretFrom(file: string, what: string): string {
   return out;
 }
 
+/**
+ * A passphrase given to a command: from `file` when one is named ("-": stdin), else from the
+ * environment variable (BLOCKGATE_PASSPHRASE for the repository's, BLOCKGATE_NEW_PASSPHRASE
+ * for one being added), never from argv.
+ */
+export function passphraseFrom(variable: 'BLOCKGATE_PASSPHRASE' | 'BLOCKGATE_NEW_PASSPHRASE', file: string | undefined, what: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  return file !== undefined ? readSecretFrom(file, what) : env[variable] || undefined;
+}
+
 export function repoSecrets(cfg: ApplianceConfig, env: NodeJS.ProcessEnv = process.env): RepoSecrets {
   const enc = cfg.encryption;
   const resolve = (p: string) => (path.isAbsolute(p) || p === '-' ? p : path.resolve(cfg.dataDir, p));

@@ -17,6 +17,7 @@ import { collectGarbage } from '../gateway/engine/gc.js';
 import { rebuildCatalog } from '../gateway/engine/rebuild.js';
 import { verifyBackup } from '../gateway/engine/verify.js';
 import { packObjectName } from '../drivers/pack.js';
+import { knownPackEntries } from '../gateway/engine/pack-index.js';
 import { CLI, mixedContent, mutate, sha, tmpDir, writeConfig } from './helpers/core.js';
 import { backup, restoreToBuffer } from './helpers/engine.js';
 
@@ -97,6 +98,56 @@ test('GC deletes dead packs, repacks mostly-dead ones past the threshold, and de
   t.deepEqual(await app.repo.readRetired(), []);
   t.is(sha(await restoreToBuffer(app, b2.id)), sha(v2));
   t.is((await verifyBackup(app, b2.id)).verify_state, 'ok');
+});
+
+test('a repack checks every blob it would copy: a damaged one is not carried into a new pack, its pack is left, the block leaves the index and the next backup stores it anew', async (t) => {
+  t.timeout(3 * 60_000);
+  const dir = tmpDir(t, 'bg-packs-gc-damaged-');
+  const dataDir = path.join(dir, 'data');
+  writeConfig(dataDir, CONFIG);
+  const app = await Appliance.open(loadConfig(dataDir));
+  t.teardown(() => app.close());
+  const repoDir = path.join(dataDir, 'repo');
+  const file = path.join(dir, 'vol.img');
+  const v1 = randomBytes(8 * MiB);
+  fs.writeFileSync(file, v1);
+  await createVolume(app, { name: 'vol', file });
+  const b1 = await backup(app, 'vol', { name: 'b1' });
+  // b2 keeps every other block of b1: those sit in b1's packs beside blocks only b1 names
+  const v2 = Buffer.from(v1);
+  for (let i = 1; i * BLOCK < v2.length; i += 2) randomBytes(BLOCK).copy(v2, i * BLOCK);
+  fs.writeFileSync(file, v2);
+  const b2 = await backup(app, 'vol', { name: 'b2', incremental: true });
+  await deleteBackup(app, b1.id);
+  // a block of b2 in a pack that also holds blocks only b1 named: the pack a repack copies it from
+  const map = app.catalog.mapReader(app.catalog.backups.get(b2.id)!);
+  const named = new Set(Array.from({ length: map.chunkCount }, (_, i) => map.entry(i)));
+  const d0 = Array.from({ length: map.chunkCount }, (_, i) => map.entry(i)!).find((d) => knownPackEntries(app.catalog, app.catalog.chunk(d)!.p!)!.some((e) => e.kind === 'chunks' && !named.has(e.digest)))!;
+  t.truthy(d0, 'b2 has a block in a partly dead pack');
+  const at = app.catalog.chunk(d0)!;
+  const packFile = path.join(repoDir, packObjectName(at.p!));
+  const bytes = fs.readFileSync(packFile);
+  bytes[at.o! + Math.floor(at.s / 2)] ^= 0xff;
+  fs.writeFileSync(packFile, bytes);
+  const r = await collectGarbage(app, { repackThreshold: 0.01 });
+  t.log(r.packs);
+  t.deepEqual(r.packs!.corrupt.map((c) => [c.pack, c.kind, c.digest]), [[at.p, 'chunks', d0]]);
+  t.true(fs.existsSync(packFile), 'the damaged pack is left');
+  t.false((await app.repo.readRetired()).some((x) => x.pack === at.p), 'and not retired');
+  t.is(app.catalog.chunk(d0), undefined, 'the damaged block left the index');
+  t.true(app.catalog.isCorrupt(d0));
+  await t.throwsAsync(restoreToBuffer(app, b2.id), undefined, 'b2 still names the damaged block: its restore fails, it does not return wrong bytes');
+  // a new backup stores the block anew (in a new pack); the next GC keeps that copy and may now repack the damaged pack
+  const b3 = await backup(app, 'vol', { name: 'b3' });
+  t.is(sha(await restoreToBuffer(app, b3.id)), sha(v2));
+  t.not(app.catalog.chunk(d0)?.p, at.p);
+  t.false(app.catalog.isCorrupt(d0));
+  const r2 = await collectGarbage(app, { repackThreshold: 0.01 });
+  t.log(r2.packs);
+  t.deepEqual(r2.packs!.corrupt, [], 'the damaged copy is no longer live: nothing damaged is copied');
+  t.deepEqual(await problems(app), []);
+  t.is(sha(await restoreToBuffer(app, b3.id)), sha(v2));
+  t.is((await verifyBackup(app, b3.id)).verify_state, 'ok');
 });
 
 test('a lost catalog is rebuilt from the packs alone: every backup restores and verifies', async (t) => {

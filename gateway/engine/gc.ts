@@ -132,7 +132,7 @@ async function markAndSweep(app: Appliance, epoch: string, opts: GcOptions): Pro
   report.removedPages = pages.removed;
   let presentPacks: Set<string> | undefined;
   if (packs) {
-    const pr: PackGcReport = { removedPacks: 0, repackedPacks: 0, newPacks: 0, copiedBytes: 0, deletedRetired: 0, freedBytes: 0, keptYoung: 0 };
+    const pr: PackGcReport = { removedPacks: 0, repackedPacks: 0, newPacks: 0, copiedBytes: 0, deletedRetired: 0, freedBytes: 0, keptYoung: 0, corrupt: [] };
     presentPacks = await sweepPacks(app, packs, { chunks: liveChunks, pages: livePages }, { cutoff, repackThreshold: opts.repackThreshold, retireMs: opts.retireMs ?? DEFAULT_TTL_MS, onStep: opts.onStep }, pr);
     report.packs = pr;
     report.freedBytes += pr.freedBytes;

@@ -6,8 +6,13 @@
  * - A pack whose dead bytes reach the repack threshold (`repo gc --repack-threshold`, a
  *   fraction of the pack; restic prune's --max-unused) is repacked: its live blobs are copied,
  *   as they are (each blob is sealed under its own name, not its pack's), into new packs.
- * - Every live blob keeps exactly one copy: the first pack met that holds it claims it, and
- *   copies elsewhere count as dead.
+ * - Every live blob keeps exactly one copy: the one the index names (where readers go), else
+ *   the first pack met that holds it; copies elsewhere count as dead.
+ * - Every live blob a repack would copy is decoded and its digest checked first: a damaged
+ *   blob is never carried into a new pack that looks whole. A pack holding one is left as it
+ *   is (nothing of it is lost or moved); as verify does, a damaged chunk leaves the index and
+ *   is marked corrupt (the next backup of that block stores it anew instead of deduplicating
+ *   onto it, and no incremental carries it over); the GC report names each.
  *
  * The crash-safe order of a repack (docs/REPOSITORY.md):
  *   1. the new packs are written and synced;
@@ -41,6 +46,8 @@ export interface PackGcReport {
   deletedRetired: number;
   freedBytes: number;
   keptYoung: number;
+  /** live blobs found damaged while repacking (their packs were left as they are) */
+  corrupt: { pack: string; kind: 'chunks' | 'pages'; digest: string; error: string }[];
 }
 
 export interface PackGcOptions {
@@ -96,6 +103,12 @@ export async function sweepPacks(app: Appliance, listing: PackListing, live: { c
   const isLive = (e: PackEntry) => (e.kind === 'chunks' ? live.chunks : live.pages).has(e.digest);
   /** the copy of each live blob that stays: pack and entry */
   const claimed = new Map<string, { pack: string; e: PackEntry }>();
+  // the copy the index names (where readers go) is the one that stays; a blob the index names
+  // in no active pack (e.g. verify or a repack found it damaged) is claimed by the first pack met
+  const indexedIn = (e: PackEntry) => (e.kind === 'chunks' ? catalog.chunks.get(e.digest)?.p : catalog.pageLocs.get(e.digest)?.p);
+  for (const id of listing.active.keys()) {
+    for (const e of knownPackEntries(catalog, id) ?? []) if (isLive(e) && indexedIn(e) === id) claimed.set(key(e), { pack: id, e });
+  }
   const dead: { id: string; size: number; entries: PackEntry[] }[] = [];
   const repack: { id: string; size: number; entries: PackEntry[]; keep: PackEntry[] }[] = [];
   for (const [id, p] of listing.active) {
@@ -106,8 +119,10 @@ export async function sweepPacks(app: Appliance, listing: PackListing, live: { c
     let dataBytes = 0;
     for (const e of entries) {
       dataBytes += e.length;
-      if (!isLive(e) || claimed.has(key(e))) continue;
-      claimed.set(key(e), { pack: id, e });
+      if (!isLive(e)) continue;
+      const c = claimed.get(key(e));
+      if (c && (c.pack !== id || c.e.offset !== e.offset)) continue;
+      if (!c) claimed.set(key(e), { pack: id, e });
       keep.push(e);
       liveBytes += e.length;
     }
@@ -133,15 +148,30 @@ export async function sweepPacks(app: Appliance, listing: PackListing, live: { c
   // 1. copy the live blobs into new packs, durable
   const batch = repo.batch();
   const writer = new PackWriter(repo, batch);
-  for (const r of repack) {
+  for (const r of [...repack]) {
     const data = await repo.readPack(r.id, 0, r.size);
+    const damaged = await damagedBlobs(app, r.id, r.keep, data);
+    if (damaged.length) {
+      // left as it is: its blobs stay where the index says, it is neither retired nor deleted
+      repack.splice(repack.indexOf(r), 1);
+      report.corrupt.push(...damaged);
+      // as verify does: a damaged chunk leaves the index (nothing deduplicates onto it, the next
+      // backup of that block stores it anew) and is marked corrupt (no incremental carries it over)
+      await catalog.env.transaction(() => {
+        for (const d of damaged) {
+          if (d.kind !== 'chunks') continue;
+          if (catalog.chunks.get(d.digest)?.p === r.id) catalog.chunks.remove(d.digest);
+          catalog.markCorrupt(d.digest);
+        }
+      });
+      continue;
+    }
     for (const e of r.keep) {
-      const blob = data.subarray(e.offset, e.offset + e.length);
-      if (blob.length !== e.length) throw new Error(`pack ${r.id} is shorter than its index says`);
-      await writer.add(e.kind, e.digest, blob, e.plain, e.codec);
+      await writer.add(e.kind, e.digest, data.subarray(e.offset, e.offset + e.length), e.plain, e.codec);
       report.copiedBytes += e.length;
     }
   }
+  if (!repack.length) return new Set(listing.active.keys());
   writer.flush();
   const written = await writer.takeWritten();
   await batch.sync();
@@ -167,6 +197,24 @@ export async function sweepPacks(app: Appliance, listing: PackListing, live: { c
   report.repackedPacks += repack.length;
   report.newPacks += written.length;
   return new Set(listing.active.keys());
+}
+
+/** the live blobs of a pack to be repacked that do not decode to their digest (chunks in the workers) */
+async function damagedBlobs(app: Appliance, pack: string, keep: PackEntry[], data: Buffer): Promise<PackGcReport['corrupt']> {
+  const out: PackGcReport['corrupt'] = [];
+  await Promise.all(
+    keep.map(async (e) => {
+      const blob = data.subarray(e.offset, e.offset + e.length);
+      try {
+        if (blob.length !== e.length) throw new Error(`the pack is shorter than its index says (${data.length} bytes)`);
+        if (e.kind === 'pages') app.repo.decodePage(blob, e.digest);
+        else await app.pool.decode(blob, e.digest);
+      } catch (err) {
+        out.push({ pack, kind: e.kind, digest: e.digest, error: (err as Error).message });
+      }
+    }),
+  );
+  return out;
 }
 
 /**

@@ -5,7 +5,7 @@
  * BLOCKGATE_NEW_PASSPHRASE or --new-passphrase-file, never from the command line.
  */
 import type { Command } from 'commander';
-import { repoSecrets, readSecretFrom } from '../../gateway/repo-secrets.js';
+import { passphraseFrom, repoSecrets } from '../../gateway/repo-secrets.js';
 import { type Globals, withApp } from './commands.js';
 import { UsageError, printRecord, printRows } from './output.js';
 
@@ -27,13 +27,11 @@ export function repoKeyCommands(program: Command, g: () => Globals): void {
     .option('--label <text>')
     .action((o: { newPassphraseFile?: string; label?: string }) =>
       withApp(g(), async (app) => {
-        let pass = process.env.BLOCKGATE_NEW_PASSPHRASE || undefined;
-        if (o.newPassphraseFile !== undefined) {
-          try {
-            pass = readSecretFrom(o.newPassphraseFile, 'new passphrase');
-          } catch (e) {
-            throw new UsageError((e as Error).message);
-          }
+        let pass: string | undefined;
+        try {
+          pass = passphraseFrom('BLOCKGATE_NEW_PASSPHRASE', o.newPassphraseFile, 'new passphrase');
+        } catch (e) {
+          throw new UsageError((e as Error).message);
         }
         if (!pass) throw new UsageError('the new passphrase: BLOCKGATE_NEW_PASSPHRASE or --new-passphrase-file FILE');
         const id = await app.repo.addKey(repoSecrets(app.config), pass, o.label);

@@ -20,7 +20,7 @@ import { Catalog } from '../../catalog/catalog.js';
 import { CODECS, type CodecName } from '../../drivers/codec.js';
 import { DEFAULT_BLOCK } from '../../drivers/chunk.js';
 import { Repository, type RepoSecrets } from '../../drivers/repository.js';
-import { readSecretFrom, s3StoreOptions } from '../../gateway/repo-secrets.js';
+import { passphraseFrom, s3StoreOptions } from '../../gateway/repo-secrets.js';
 import type { ObjectStore } from '../../drivers/store/types.js';
 import { DirStore } from '../../drivers/store/dir.js';
 import { Appliance } from '../../gateway/appliance.js';
@@ -168,13 +168,11 @@ export async function repoCreate(g: Globals, o: RepoCreateOptions): Promise<Reco
   }
   const base = loadConfig(g.dataDir);
   const dataDir = base.dataDir;
-  let passphrase: string | undefined = process.env.BLOCKGATE_PASSPHRASE || undefined;
-  if (o.passphraseFile !== undefined) {
-    try {
-      passphrase = readSecretFrom(o.passphraseFile, 'passphrase');
-    } catch (e) {
-      throw new UsageError((e as Error).message);
-    }
+  let passphrase: string | undefined;
+  try {
+    passphrase = passphraseFrom('BLOCKGATE_PASSPHRASE', o.passphraseFile, 'passphrase');
+  } catch (e) {
+    throw new UsageError((e as Error).message);
   }
   const keyFile = o.keyFile !== undefined ? path.resolve(o.keyFile) : undefined;
   const secrets: RepoSecrets = { passphrase, keyFile, expectEncrypted: !!o.encrypt };
