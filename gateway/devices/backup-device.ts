@@ -49,11 +49,6 @@ export class BackupDevice implements BlockDevice {
     return this.map.entry(i) === null;
   }
 
-  /** the bytes of block i (the last one may be short), null for a hole; a failed read is EIO */
-  block(i: number): Promise<Buffer | null> {
-    return this.chunk(i);
-  }
-
   private async chunk(i: number): Promise<Buffer | null> {
     const digest = this.map.entry(i);
     if (digest === null) return null;

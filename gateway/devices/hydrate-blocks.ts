@@ -2,11 +2,27 @@
  * The blocks of a hydrating device and the plain mechanics below its ownership logic: the
  * device cut into blocks of `blockSize` (the last one possibly shorter), a lock per block
  * (every change of a block not owned runs under it, see (d) in hydrate.ts), the content a
- * block must have when it is first owned, and zeroing a range of the target.
+ * block must have when it is first owned, and zeroing a range of the target; and a lower block
+ * device as the source.
  */
 import { BlockDeviceError, type BlockDevice } from '../../blockdev/types.js';
 import { zeroByWrites } from '../../blockdev/filter.js';
 import type { HydrateSource } from './hydrate-types.js';
+
+/**
+ * Any block device as the source of a hydrate device (a backup, a window of one, an overlay):
+ * block b is its bytes at [b * blockSize, ...); `isHole` names the blocks that read as zeroes
+ * without a read (default: none).
+ */
+export function deviceSource(lower: BlockDevice, blockSize: number, isHole: (b: number) => boolean = () => false): HydrateSource {
+  const blocks = Math.ceil(lower.size / blockSize);
+  const hole = (b: number) => b >= blocks || isHole(b);
+  return {
+    size: lower.size,
+    isHole: hole,
+    read: async (b) => (hole(b) ? null : lower.read(b * blockSize, Math.min(blockSize, lower.size - b * blockSize))),
+  };
+}
 
 export class HydrateBlocks {
   private readonly locks = new Map<number, Promise<void>>();

@@ -1,24 +1,12 @@
 /**
- * What a session's hydrate device is made of, besides its target: the backup as the source
- * (its block device, read a block at a time), and which blocks the target owns when hydration (re)starts — on
- * the first start the prepared target, on resume the bitmap committed in the catalog.
+ * What a session's hydrate device starts from, besides its target and the backup as its lower
+ * device: which blocks the target owns when hydration (re)starts — on the first start the
+ * prepared target, on resume the bitmap committed in the catalog.
  */
 import type { MapReader } from '../../catalog/blockmap.js';
 import type { SessionRecord, SessionStore } from '../../catalog/sessions.js';
 import type { VolumeDevice } from '../../drivers/volume/types.js';
-import type { HydrateSource } from '../devices/hydrate.js';
-import type { BackupDevice } from '../devices/backup-device.js';
 import { mapRuns } from '../read/map-walk.js';
-
-/** the backup (as its block device) as a hydrate source of `size` bytes; blocks past the backup's end are holes */
-export function backupSource(backup: BackupDevice, size: number): HydrateSource {
-  const backupBlocks = Math.ceil(backup.size / backup.chunkSize);
-  return {
-    size,
-    isHole: (b) => b >= backupBlocks || backup.isHole(b),
-    read: (b) => backup.block(b),
-  };
-}
 
 export interface StartingOwnership {
   /** the session record, `running` after a first start */

@@ -26,12 +26,13 @@ import type { VolumeDevice } from '../../drivers/volume/types.js';
 import type { Appliance } from '../appliance.js';
 import { BackupDevice } from '../devices/backup-device.js';
 import { HydrateDevice } from '../devices/hydrate.js';
+import { deviceSource } from '../devices/hydrate-blocks.js';
 import { prepareRestore } from '../engine/restore.js';
 import type { ExportSource } from '../exports/registry.js';
 import type { ChunkReader } from '../read/chunk-reader.js';
 import { type InstantConfig, instantConfig } from './config.js';
 import { LiveSessions, type Log } from './exports.js';
-import { backupSource, startingOwnership } from './hydration.js';
+import { startingOwnership } from './hydration.js';
 import { CANCEL_REASON, cancelOffline, cannotCancel, ownerGone, settleSession } from './records.js';
 import { liveView, offlineView, type SessionView, type UriMaker } from './views.js';
 
@@ -207,7 +208,9 @@ export class InstantRestores implements ExportSource {
       if (target.size < backup.size_bytes) throw new ConflictError(`volume ${vol.name} is ${target.size} bytes, smaller than backup ${backup.id} (${backup.size_bytes} bytes)`);
       const bs = rec.block_size;
       const map = catalog.mapReader(backup);
-      const source = backupSource(new BackupDevice(backup.size_bytes, backup.chunk_size, map, this.chunks), backup.size_bytes);
+      // the backup as the lower device, read a block at a time (the copier and copy-on-read ask for what they need: no read-ahead)
+      const lower = new BackupDevice(backup.size_bytes, backup.chunk_size, map, this.chunks, { readAhead: 0 });
+      const source = deviceSource(lower, bs, (b) => lower.isHole(b));
       const initial = await startingOwnership(this.store, rec, target, map, backup.size_bytes);
       rec = initial.rec;
       const id = rec.id;
