@@ -4,7 +4,7 @@
  * retire window); the catalog rebuilt from packs alone; GC and repack SIGKILLed at random
  * points never lose a block any backup names.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import path from 'node:path';
 import { spawn } from 'node:child_process';
@@ -54,23 +54,28 @@ async function problems(app: Appliance): Promise<string[]> {
   return out;
 }
 
-test('GC deletes dead packs, repacks mostly-dead ones past the threshold, and deletes retired packs after the window', async (t) => {
+/** a packed repository with volume `vol`: b1 of 8 MiB of random data, then b2 (incremental) of v2Of(b1's data) */
+async function twoBackups(t: ExecutionContext, prefix: string, v2Of: (v1: Buffer) => Buffer) {
   t.timeout(3 * 60_000);
-  const dir = tmpDir(t, 'bg-packs-gc-');
+  const dir = tmpDir(t, prefix);
   const dataDir = path.join(dir, 'data');
   writeConfig(dataDir, CONFIG);
   const app = await Appliance.open(loadConfig(dataDir));
   t.teardown(() => app.close());
-  const repoDir = path.join(dataDir, 'repo');
   const file = path.join(dir, 'vol.img');
   const v1 = randomBytes(8 * MiB);
   fs.writeFileSync(file, v1);
   await createVolume(app, { name: 'vol', file });
   const b1 = await backup(app, 'vol', { name: 'b1' });
-  // b2 shares a quarter of b1's blocks; the rest is new
-  const v2 = Buffer.concat([v1.subarray(0, 2 * MiB), randomBytes(6 * MiB)]);
+  const v2 = v2Of(v1);
   fs.writeFileSync(file, v2);
   const b2 = await backup(app, 'vol', { name: 'b2', incremental: true });
+  return { app, repoDir: path.join(dataDir, 'repo'), b1, b2, v2 };
+}
+
+test('GC deletes dead packs, repacks mostly-dead ones past the threshold, and deletes retired packs after the window', async (t) => {
+  // b2 shares a quarter of b1's blocks; the rest is new
+  const { app, repoDir, b1, b2, v2 } = await twoBackups(t, 'bg-packs-gc-', (v1) => Buffer.concat([v1.subarray(0, 2 * MiB), randomBytes(6 * MiB)]));
   const before = packFiles(repoDir);
   await deleteBackup(app, b1.id);
   // nothing dead enough at threshold 1: only wholly dead packs go
@@ -101,23 +106,12 @@ test('GC deletes dead packs, repacks mostly-dead ones past the threshold, and de
 });
 
 test('a repack checks every blob it would copy: a damaged one is not carried into a new pack, its pack is left, the block leaves the index and the next backup stores it anew', async (t) => {
-  t.timeout(3 * 60_000);
-  const dir = tmpDir(t, 'bg-packs-gc-damaged-');
-  const dataDir = path.join(dir, 'data');
-  writeConfig(dataDir, CONFIG);
-  const app = await Appliance.open(loadConfig(dataDir));
-  t.teardown(() => app.close());
-  const repoDir = path.join(dataDir, 'repo');
-  const file = path.join(dir, 'vol.img');
-  const v1 = randomBytes(8 * MiB);
-  fs.writeFileSync(file, v1);
-  await createVolume(app, { name: 'vol', file });
-  const b1 = await backup(app, 'vol', { name: 'b1' });
   // b2 keeps every other block of b1: those sit in b1's packs beside blocks only b1 names
-  const v2 = Buffer.from(v1);
-  for (let i = 1; i * BLOCK < v2.length; i += 2) randomBytes(BLOCK).copy(v2, i * BLOCK);
-  fs.writeFileSync(file, v2);
-  const b2 = await backup(app, 'vol', { name: 'b2', incremental: true });
+  const { app, repoDir, b1, b2, v2 } = await twoBackups(t, 'bg-packs-gc-damaged-', (v1) => {
+    const v2 = Buffer.from(v1);
+    for (let i = 1; i * BLOCK < v2.length; i += 2) randomBytes(BLOCK).copy(v2, i * BLOCK);
+    return v2;
+  });
   await deleteBackup(app, b1.id);
   // a block of b2 in a pack that also holds blocks only b1 named: the pack a repack copies it from
   const map = app.catalog.mapReader(app.catalog.backups.get(b2.id)!);
