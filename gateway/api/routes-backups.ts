@@ -85,7 +85,7 @@ const BACKUP_SORT = { id: 'id', name: 'name', display_name: 'name', status: 'sta
 export function backupRoutes(r: FastifyInstance, c: ApiContext): void {
   const { catalog } = c.app;
   const id = (req: FastifyRequest) => (req.params as { id: string }).id;
-  const dependents = () => new Set(catalog.listBackups().filter((b) => b.status !== 'deleted' && b.parent_id).map((b) => b.parent_id!));
+  const dependents = (all = catalog.listBackups()) => new Set(all.filter((b) => b.status !== 'deleted' && b.parent_id).map((b) => b.parent_id!));
   const detail = (req: FastifyRequest, b: BackupRecord, deps = dependents()) => backupDetail(b, req.bg.links, req.bg.v, deps.has(b.id));
 
   r.post('/backups', { schema: { body: createBody, params: projectParams } }, async (req, reply) => {
@@ -112,12 +112,14 @@ export function backupRoutes(r: FastifyInstance, c: ApiContext): void {
   const list = (full: boolean) => async (req: FastifyRequest) => {
     const q = req.query as Record<string, string | undefined>;
     const scope = listScope(req, q);
-    let rows = catalog.listBackups().filter((b) => b.status !== 'deleted' && scope(b.project_id));
+    // one read of the records serves the rows and the dependents (of any project) both
+    const all = catalog.listBackups();
+    let rows = all.filter((b) => b.status !== 'deleted' && scope(b.project_id));
     if (q.name !== undefined) rows = rows.filter((b) => b.name === q.name);
     if (q.status !== undefined) rows = rows.filter((b) => b.status === q.status);
     if (q.volume_id !== undefined) rows = rows.filter((b) => b.volume_id === q.volume_id);
     const p = page(rows as never as (Record<string, unknown> & { id: string })[], q, BACKUP_SORT, req, 'backups');
-    const deps = dependents();
+    const deps = full ? dependents(all) : new Set<string>();
     const items = (p.items as never as BackupRecord[]).map((b) => (full ? detail(req, b, deps) : backupSummary(b, req.bg.links)));
     return { backups: items, ...(p.links ? { backups_links: p.links } : {}), ...(q.with_count !== undefined ? { count: p.count } : {}) };
   };
