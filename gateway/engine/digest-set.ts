@@ -4,8 +4,9 @@
  * (names are SHA-256 or keyed-hash outputs, so uniform). GC's mark holds every live chunk and
  * page of the repository: a JS Set of hex strings costs about 100 bytes per name, this 41 to
  * 62 (33 bytes a slot, 53% to 80% full; it grows by half), so one GC marks about twice as
- * many blocks in the same memory. Exact (hex digits in either case name the same bytes): a name is in it or not (GC may not keep an
- * index entry of a gone object because its name resembles a live one).
+ * many blocks in the same memory. Exact, not probabilistic: GC may not keep the index entry of
+ * a gone object because its name resembles a live one. (Hex digits in either case name the
+ * same bytes.)
  */
 const NAME = 32;
 const MAX_LOAD = 0.8;
