@@ -18,6 +18,7 @@ import { rebuildCatalog } from '../gateway/engine/rebuild.js';
 import { verifyBackup } from '../gateway/engine/verify.js';
 import { packObjectName } from '../drivers/pack.js';
 import { knownPackEntries } from '../gateway/engine/pack-index.js';
+import { mapData } from '../gateway/read/map-walk.js';
 import { CLI, mixedContent, mutate, sha, tmpDir, writeConfig } from './helpers/core.js';
 import { backup, restoreToBuffer } from './helpers/engine.js';
 
@@ -114,9 +115,10 @@ test('a repack checks every blob it would copy: a damaged one is not carried int
   });
   await deleteBackup(app, b1.id);
   // a block of b2 in a pack that also holds blocks only b1 named: the pack a repack copies it from
-  const map = app.catalog.mapReader(app.catalog.backups.get(b2.id)!);
-  const named = new Set(Array.from({ length: map.chunkCount }, (_, i) => map.entry(i)));
-  const d0 = Array.from({ length: map.chunkCount }, (_, i) => map.entry(i)!).find((d) => knownPackEntries(app.catalog, app.catalog.chunk(d)!.p!)!.some((e) => e.kind === 'chunks' && !named.has(e.digest)))!;
+  const rec2 = app.catalog.backups.get(b2.id)!;
+  const b2Digests = [...mapData(app.catalog.mapReader(rec2), rec2.size_bytes, rec2.chunk_size)].map((r) => r.digest);
+  const named = new Set(b2Digests);
+  const d0 = b2Digests.find((d) => knownPackEntries(app.catalog, app.catalog.chunk(d)!.p!)!.some((e) => e.kind === 'chunks' && !named.has(e.digest)))!;
   t.truthy(d0, 'b2 has a block in a partly dead pack');
   const at = app.catalog.chunk(d0)!;
   const packFile = path.join(repoDir, packObjectName(at.p!));
