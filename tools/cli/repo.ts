@@ -148,7 +148,7 @@ function writeConfig(dataDir: string, repository: RepoDriverConfig, chunkSize: n
   const cfg = loadConfig(dataDir);
   const file = path.join(cfg.dataDir, CONFIG_FILE);
   const secret = repository.driver === 's3' && repository.secretAccessKey !== undefined;
-  fs.mkdirSync(cfg.dataDir, { recursive: true });
+  fs.mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
   if (secret) {
     if (!fs.existsSync(file)) fs.writeFileSync(file, '{}\n', { mode: 0o600 });
     fs.chmodSync(file, 0o600);
