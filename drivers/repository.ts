@@ -381,6 +381,15 @@ export class Repository {
     if (isSealedBlob(raw)) throw new KeyError(`manifest ${name} is encrypted, but this repository has no key`);
     return raw;
   }
+  /** a manifest's JSON, or undefined when there is none (committed by nobody, or deleted); other failures throw */
+  async findManifest(backupId: string): Promise<Buffer | undefined> {
+    try {
+      return await this.getManifest(backupId);
+    } catch (e) {
+      if ((e as { code?: string }).code === 'ENOENT') return undefined;
+      throw e;
+    }
+  }
   deleteManifest(backupId: string): Promise<void> {
     return this.store.delete(this.manifestName(backupId));
   }

@@ -108,13 +108,8 @@ async function markAndSweep(app: Appliance, epoch: string, opts: GcOptions): Pro
   const liveChunks = new DigestSet();
   const manifests = new Set<string>();
   for await (const id of repo.listManifests()) {
-    let data: Buffer;
-    try {
-      data = await repo.getManifest(id);
-    } catch (e) {
-      if ((e as { code?: string }).code === 'ENOENT') continue; // deleted meanwhile: it names nothing now
-      throw e;
-    }
+    const data = await repo.findManifest(id);
+    if (!data) continue; // deleted meanwhile: it names nothing now
     const { manifest } = decodeManifest(data, id);
     manifests.add(id);
     report.liveBackups++;

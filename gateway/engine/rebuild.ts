@@ -102,13 +102,8 @@ export async function adoptBackup(app: Appliance, id: string, note: string): Pro
   const { catalog, repo } = app;
   const have = catalog.backups.get(id);
   if (have && have.status !== 'deleted') return 'present';
-  let buf: Buffer;
-  try {
-    buf = await repo.getManifest(id);
-  } catch (e) {
-    if ((e as { code?: string }).code === 'ENOENT') return 'gone';
-    throw e;
-  }
+  const buf = await repo.findManifest(id);
+  if (!buf) return 'gone';
   const { manifest: m, root } = decodeManifest(buf, id);
   if (m.repository_id !== repo.config.id) throw new Error(`names repository ${m.repository_id}, not this one`);
   if (m.backup.id !== id) throw new Error(`holds the record of backup ${m.backup.id}`);

@@ -40,13 +40,8 @@ export function serviceName(app: Appliance): string {
 export async function exportRecord(app: Appliance, ref: string): Promise<ExportedRecord> {
   const b = app.catalog.backupRecord(ref);
   if (b.status !== 'available') throw new ConflictError(`backup ${b.id} is ${b.status}; only an available backup can be exported`);
-  let manifest: Buffer;
-  try {
-    manifest = await app.repo.getManifest(b.id);
-  } catch (e) {
-    if ((e as { code?: string }).code === 'ENOENT') throw new ConflictError(`backup ${b.id} has no manifest in the repository (deleted by another appliance?)`);
-    throw e;
-  }
+  const manifest = await app.repo.findManifest(b.id);
+  if (!manifest) throw new ConflictError(`backup ${b.id} has no manifest in the repository (deleted by another appliance?)`);
   const service = serviceName(app);
   const record = {
     id: b.id,
@@ -115,13 +110,8 @@ export async function importRecord(app: Appliance, service: string, url: string)
   }
   const existing = catalog.backups.get(id);
   if (existing && existing.status !== 'deleted') throw new ConflictError(`backup ${id} already exists here (${existing.status})`);
-  let data: Buffer;
-  try {
-    data = await repo.getManifest(id);
-  } catch (e) {
-    if ((e as { code?: string }).code === 'ENOENT') throw new ConflictError(`backup ${id} has no manifest in the repository: its data is not there (deleted, or another repository)`);
-    throw e;
-  }
+  const data = await repo.findManifest(id);
+  if (!data) throw new ConflictError(`backup ${id} has no manifest in the repository: its data is not there (deleted, or another repository)`);
   if (createHash('sha256').update(data).digest('hex') !== r.manifest_sha256) throw new RecordError(`the manifest of backup ${id} does not match the record's digest (record tampered with, or the backup changed)`);
   const { manifest, root } = decodeManifest(data, id);
   if (manifest.repository_id !== repo.config.id) throw new ConflictError(`the manifest of backup ${id} names repository ${manifest.repository_id}, not this one`);

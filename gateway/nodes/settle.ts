@@ -21,7 +21,8 @@ export async function settleForwarded(app: Appliance, jobs: JobService, q: Clust
     if (!job.params?.cluster || job.params.origin || job.kind !== 'backup') continue;
     if (q.runsHere(job.id)) continue;
     const b = catalog.backups.get(job.backup_id);
-    let manifest = await committed(app, job.backup_id);
+    // a repository that cannot answer throws: the follower's next sync tries again (never read as not committed)
+    let manifest = await app.repo.findManifest(job.backup_id);
     // a manifest whose writer still holds its lease is not settled yet (its writer may still
     // remove it: a GC epoch changed under it), as a catalog rebuild leaves it: the next round takes it
     if (manifest && b?.status === 'creating') {
@@ -32,7 +33,7 @@ export async function settleForwarded(app: Appliance, jobs: JobService, q: Clust
     // the running node records its outcome after its manifest: read the manifest again, so one
     // written between the first read and the outcome is not missed (a backup committed there
     // would be ended `error` here, or a force-deleted one keep its manifest and stay available there)
-    if (!manifest && outcome) manifest = await committed(app, job.backup_id);
+    if (!manifest && outcome) manifest = await app.repo.findManifest(job.backup_id);
     let lostHere = false;
     if (!manifest && !outcome) {
       // claimed by a node that died (its claim expired and its heartbeats stopped): ended here, at once
@@ -83,12 +84,3 @@ export async function settleForwarded(app: Appliance, jobs: JobService, q: Clust
   return n;
 }
 
-
-/** the backup's manifest in the repository, if it is committed */
-async function committed(app: Appliance, id: string): Promise<Buffer | undefined> {
-  try {
-    return await app.repo.getManifest(id);
-  } catch {
-    return undefined;
-  }
-}
