@@ -169,7 +169,7 @@ export async function prepareMountPoint(mountPoint: string): Promise<string | un
   } else if (probe.state === 'hung') {
     throw new ConflictError(`${mp} is mounted but does not answer (${probe.detail}); run \`blockgate umount ${mp}\` to clear it`);
   }
-  await fs.promises.mkdir(mp, { recursive: true });
+  await fs.promises.mkdir(mp, { recursive: true, mode: 0o700 });
   const st = await fs.promises.stat(mp);
   if (!st.isDirectory()) throw new Error(`${mp} is not a directory`);
   return note;

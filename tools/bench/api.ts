@@ -103,7 +103,7 @@ async function latency(work: string): Promise<Row[]> {
     fs.mkdirSync(src, { mode: 0o700 });
     for (let i = 0; i < CLIENTS * perClient * ROUNDS; i++) {
       const f = path.join(src, `v${i}.img`);
-      fs.writeFileSync(f, randomBytes(64 * 1024));
+      fs.writeFileSync(f, randomBytes(64 * 1024), { mode: 0o600 });
       vols.push((await createVolume(app, { name: `v${i}`, file: f, projectId: 'bench', userId: 'admin' })).id);
     }
   } finally {
@@ -215,6 +215,6 @@ export async function benchApi(work: string, sizeMiB: number): Promise<Row[]> {
 // `node dist/tools/bench/api.js` runs this suite alone
 if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
   const work = path.resolve(process.env.BENCH_DIR ?? '.bench');
-  fs.mkdirSync(work, { recursive: true });
+  fs.mkdirSync(work, { recursive: true, mode: 0o700 });
   for (const r of await benchApi(work, Number(process.env.BENCH_SIZE_MIB ?? 2048))) console.log(`${r.op.padEnd(36)} ${(r.seconds * 1000).toFixed(1).padStart(9)} ms ${r.mbps.toFixed(1).padStart(8)} /s`);
 }

@@ -141,7 +141,7 @@ export async function benchCore(work: string, sizeMiB: number): Promise<Row[]> {
     }
     for (const t of order) {
       fs.rmSync(out, { recursive: true, force: true });
-      fs.mkdirSync(out, { recursive: true });
+      fs.mkdirSync(out, { recursive: true, mode: 0o700 });
       warm();
       const { m, file } = await t.restore(out);
       if (fileSha(file) !== wantInc) throw new Error(`${t.name} restore is not bit-exact`);

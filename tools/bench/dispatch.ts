@@ -17,8 +17,8 @@ import { ClusterJobQueue } from '../../gateway/nodes/jobs.js';
 import type { Samples } from './stats.js';
 
 async function node(dir: string, repo: string, name: string, brokers?: string, shared?: string): Promise<{ app: Appliance; jobs: JobService }> {
-  fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(path.join(dir, 'blockgate.json'), JSON.stringify({ chunkSize: 65536, repository: { driver: 'dir', path: repo }, node: name, ...(brokers ? { kafka: { brokers, jobsTopic: `bench-jobs-${process.pid}`, sharedPaths: [shared] } } : {}) }));
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  fs.writeFileSync(path.join(dir, 'blockgate.json'), JSON.stringify({ chunkSize: 65536, repository: { driver: 'dir', path: repo }, node: name, ...(brokers ? { kafka: { brokers, jobsTopic: `bench-jobs-${process.pid}`, sharedPaths: [shared] } } : {}) }), { mode: 0o600 });
   const app = await Appliance.open(loadConfig(dir));
   const jobs = new JobService(app, { workers: 2 });
   const k = app.config.kafka;
@@ -59,7 +59,7 @@ export async function benchDispatch(work: string, brokers: string, rounds: numbe
   const root = path.join(work, 'dispatch');
   fs.rmSync(root, { recursive: true, force: true });
   const shared = path.join(root, 'shared');
-  fs.mkdirSync(shared, { recursive: true });
+  fs.mkdirSync(shared, { recursive: true, mode: 0o700 });
   const repo = path.join(root, 'repo');
   const one = await node(path.join(root, 'one'), path.join(root, 'repo-one'), 'one');
   const a = await node(path.join(root, 'a'), repo, 'a', brokers, shared);
@@ -69,7 +69,7 @@ export async function benchDispatch(work: string, brokers: string, rounds: numbe
       const ids: string[] = [];
       for (let i = 0; i < rounds + 1; i++) {
         const f = path.join(shared, `${tag}${i}.img`);
-        fs.writeFileSync(f, randomFillSync(Buffer.alloc(256 * 1024)));
+        fs.writeFileSync(f, randomFillSync(Buffer.alloc(256 * 1024)), { mode: 0o600 });
         ids.push((await createVolume(app, { name: `${tag}${i}`, file: f })).id);
       }
       return ids;

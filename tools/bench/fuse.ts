@@ -44,7 +44,7 @@ export async function benchFuse(work: string, sizeMiB: number): Promise<Row[]> {
   const mnt = path.join(work, 'mnt-fuse');
   for (const d of [data, restic, resticEnv.RESTIC_CACHE_DIR]) fs.rmSync(d, { recursive: true, force: true });
   if (await findMount(mnt)) await lazyUnmount(mnt);
-  fs.mkdirSync(mnt, { recursive: true });
+  fs.mkdirSync(mnt, { recursive: true, mode: 0o700 });
 
   const read = async (tool: string, file: string, server: ChildProcess) => {
     dropCaches();

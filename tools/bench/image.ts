@@ -27,16 +27,16 @@ function textBlob(bytes: number): Buffer {
 export function makeFsImage(file: string, sizeMiB: number, workDir: string): void {
   const src = path.join(workDir, 'fs-src');
   fs.rmSync(src, { recursive: true, force: true });
-  fs.mkdirSync(path.join(src, 'logs'), { recursive: true });
-  fs.mkdirSync(path.join(src, 'media'), { recursive: true });
-  fs.mkdirSync(path.join(src, 'copies'), { recursive: true });
+  fs.mkdirSync(path.join(src, 'logs'), { recursive: true, mode: 0o700 });
+  fs.mkdirSync(path.join(src, 'media'), { recursive: true, mode: 0o700 });
+  fs.mkdirSync(path.join(src, 'copies'), { recursive: true, mode: 0o700 });
   const fileMiB = 8;
   const count = (share: number) => Math.max(1, Math.floor((sizeMiB * share) / fileMiB));
   for (let i = 0; i < count(0.3); i++) fs.writeFileSync(path.join(src, 'logs', `app-${i}.log`), textBlob(fileMiB * 1024 * 1024 - 1000 * i));
   const media: string[] = [];
   for (let i = 0; i < count(0.25); i++) {
     const f = path.join(src, 'media', `clip-${i}.bin`);
-    fs.writeFileSync(f, randomBytes(fileMiB * 1024 * 1024));
+    fs.writeFileSync(f, randomBytes(fileMiB * 1024 * 1024), { mode: 0o600 });
     media.push(f);
   }
   for (let i = 0; i < count(0.15); i++) fs.copyFileSync(media[i % media.length]!, path.join(src, 'copies', `clip-${i}.bin`));

@@ -100,7 +100,7 @@ export async function benchInstant(work: string, sizeMiB: number): Promise<Row[]
   const rows: Row[] = [];
   const dir = path.join(work, 'instant');
   fs.rmSync(dir, { recursive: true, force: true });
-  fs.mkdirSync(dir, { recursive: true });
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const data = path.join(dir, 'bg-data');
   const big = Number(process.env.BENCH_INSTANT_BIG_GIB ?? 64);
 

@@ -21,7 +21,7 @@ import { benchApi } from './api.js';
 
 const work = path.resolve(process.env.BENCH_DIR ?? '.bench');
 const sizeMiB = Number(process.env.BENCH_SIZE_MIB ?? 2048);
-fs.mkdirSync(work, { recursive: true });
+fs.mkdirSync(work, { recursive: true, mode: 0o700 });
 const host = machine();
 console.error(`bench: ${host.cores} cores (${host.cpu}), ${host.memGiB} GiB, Linux ${host.kernel}; ${ROUNDS} interleaved round(s) per comparison`);
 
@@ -151,7 +151,7 @@ if (si?.storedBytes !== undefined && sl?.storedBytes !== undefined) {
 for (const [k, v] of Object.entries(packsNotes)) if (k.includes('objects')) ratios[`packs: ${k}`] = v;
 console.log('\nratios (blockgate / peer, throughput):');
 for (const [k, v] of Object.entries(ratios)) console.log(`  ${k}: ${v}`);
-fs.writeFileSync(path.join(work, 'results.json'), JSON.stringify({ date: new Date().toISOString(), machine: host, rounds: ROUNDS, sizeMiB, rows, ratios, failed }, null, 2));
+fs.writeFileSync(path.join(work, 'results.json'), JSON.stringify({ date: new Date().toISOString(), machine: host, rounds: ROUNDS, sizeMiB, rows, ratios, failed }, null, 2), { mode: 0o600 });
 if (failed.length) {
   console.log(`\nsuites that failed:\n  ${failed.join('\n  ')}`);
   process.exitCode = 1;

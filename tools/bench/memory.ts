@@ -35,8 +35,8 @@ export async function benchMemory(work: string): Promise<Row[]> {
     for (let round = 0; round < ROUNDS; round++) {
       const data = path.join(work, `bg-mem-${gib}`);
       fs.rmSync(data, { recursive: true, force: true });
-      fs.mkdirSync(data, { recursive: true });
-      fs.writeFileSync(path.join(data, 'blockgate.json'), JSON.stringify({ chunkSize: 64 * 1024 }));
+      fs.mkdirSync(data, { recursive: true, mode: 0o700 });
+      fs.writeFileSync(path.join(data, 'blockgate.json'), JSON.stringify({ chunkSize: 64 * 1024 }), { mode: 0o600 });
       await measure(process.execPath, [CLI, '--data-dir', data, 'volume', 'create', '--name', 'v', '--file', img]);
       const m = await measure(process.execPath, [CLI, '--data-dir', data, 'backup', 'create', 'v']);
       rss.push(m.rssMiB);

@@ -89,7 +89,7 @@ export async function benchPacks(work: string, sizeMiB: number): Promise<Row[]> 
       const data = path.join(work, 'bg-packs');
       fs.rmSync(data, { recursive: true, force: true });
       fs.mkdirSync(data, { recursive: true, mode: 0o700 });
-      fs.writeFileSync(path.join(data, 'blockgate.json'), JSON.stringify({ ...d.cfg, codec: 'zstd' }));
+      fs.writeFileSync(path.join(data, 'blockgate.json'), JSON.stringify({ ...d.cfg, codec: 'zstd' }), { mode: 0o600 });
       fs.copyFileSync(pristine, img);
       const bg = (args: string[]) => measure(process.execPath, [CLI, '--data-dir', data, ...args]);
       await sh(process.execPath, [CLI, '--data-dir', data, 'volume', 'create', '--name', 'vol', '--file', img]);

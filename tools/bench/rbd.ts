@@ -168,7 +168,7 @@ export async function benchRbd(work: string, sizeMiB: number): Promise<Row[]> {
 // `node dist/tools/bench/rbd.js` runs this suite alone
 if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
   const work = path.resolve(process.env.BENCH_DIR ?? '.bench');
-  fs.mkdirSync(work, { recursive: true });
+  fs.mkdirSync(work, { recursive: true, mode: 0o700 });
   const rows = await benchRbd(work, Number(process.env.BENCH_SIZE_MIB ?? 2048));
   for (const r of rows) console.log(`${r.suite.padEnd(6)} ${r.tool.padEnd(20)} ${r.op.padEnd(28)} ${r.seconds.toFixed(2).padStart(8)} s ${r.mbps.toFixed(1).padStart(8)} MB/s ${r.rssMiB.toFixed(0).padStart(6)} MiB`);
 }

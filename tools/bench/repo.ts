@@ -62,7 +62,7 @@ function fillVolume(file: string, bytes: number, seed: number): void {
       part.write(text.slice(0, SMALL_CHUNK));
     }
   }
-  fs.writeFileSync(file, buf);
+  fs.writeFileSync(file, buf, { mode: 0o600 });
 }
 
 /** changes a few chunks of a volume (4 KiB of new random data in each) */
@@ -77,9 +77,9 @@ function touchVolume(fd: number, bytes: number): void {
 
 /** Makes `count` backups of ten small volumes in-process; returns their ids, oldest first. */
 async function makeRepository(dataDir: string, volDir: string, count: number): Promise<string[]> {
-  fs.mkdirSync(dataDir, { recursive: true });
-  fs.mkdirSync(volDir, { recursive: true });
-  fs.writeFileSync(path.join(dataDir, 'blockgate.json'), JSON.stringify({ chunkSize: SMALL_CHUNK }) + '\n');
+  fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  fs.mkdirSync(volDir, { recursive: true, mode: 0o700 });
+  fs.writeFileSync(path.join(dataDir, 'blockgate.json'), JSON.stringify({ chunkSize: SMALL_CHUNK }) + '\n', { mode: 0o600 });
   const app = await Appliance.open(dataDir);
   const ids: string[] = [];
   try {
@@ -133,7 +133,7 @@ export async function benchRepo(work: string, sizeMiB: number): Promise<Row[]> {
   const rows: ScaleRow[] = [];
   const base = path.join(work, 'repo-scale');
   fs.rmSync(base, { recursive: true, force: true });
-  fs.mkdirSync(base, { recursive: true });
+  fs.mkdirSync(base, { recursive: true, mode: 0o700 });
   const node = process.execPath;
 
   const report = (key: ScaleRow['key'], op: string, secs: number[], rss: number[], bytes?: number, backups?: number) => {
@@ -170,8 +170,8 @@ export async function benchRepo(work: string, sizeMiB: number): Promise<Row[]> {
   const rebuildDir = path.join(base, 'rebuild');
   const freshRebuildDir = () => {
     fs.rmSync(rebuildDir, { recursive: true, force: true });
-    fs.mkdirSync(rebuildDir, { recursive: true });
-    fs.writeFileSync(path.join(rebuildDir, 'blockgate.json'), JSON.stringify({ repository: { driver: 'dir', path: repoDir } }) + '\n');
+    fs.mkdirSync(rebuildDir, { recursive: true, mode: 0o700 });
+    fs.writeFileSync(path.join(rebuildDir, 'blockgate.json'), JSON.stringify({ repository: { driver: 'dir', path: repoDir } }) + '\n', { mode: 0o600 });
   };
   // what every figure here includes: the CLI's own start (node, modules), no repository work
   const upSecs: number[] = [];
@@ -225,7 +225,7 @@ export async function benchRepo(work: string, sizeMiB: number): Promise<Row[]> {
     report('gc-after-delete', `gc after deleting ${toDelete}`, [g.seconds], [g.rssMiB], undefined, toDelete);
   }
   fs.rmSync(base, { recursive: true, force: true });
-  fs.mkdirSync(base, { recursive: true });
+  fs.mkdirSync(base, { recursive: true, mode: 0o700 });
 
   // ---- 2. full verify against restore to durable, on the bench image (default 4 MiB chunks)
   const imgMiB = quick ? Math.min(sizeMiB, 256) : sizeMiB;

@@ -107,10 +107,10 @@ function parseArgs(argv: string[]): Args {
 const hash = (b: Uint8Array) => createHash('sha1').update(b).digest('hex').slice(0, 12);
 
 function save(dir: string, name: string, data: Uint8Array, note?: string): string {
-  mkdirSync(dir, { recursive: true });
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
   const p = join(dir, `${name}.bin`);
-  writeFileSync(p, data);
-  if (note) writeFileSync(join(dir, `${name}.txt`), note);
+  writeFileSync(p, data, { mode: 0o600 });
+  if (note) writeFileSync(join(dir, `${name}.txt`), note, { mode: 0o600 });
   return p;
 }
 
